@@ -1,0 +1,83 @@
+"""Mochi 1 adapter: loads a diffusers-layout ``genmo/mochi-1-preview`` directory (or the embedded tiny one).
+
+Layout: ``transformer/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``, ``model_index.json``.
+Text is encoded exactly as diffusers' ``MochiPipeline`` does (T5, 256 tokens, boolean mask), by calling
+the pipeline's own prompt encoder. Latents are normalised with the VAE config's ``latents_mean`` /
+``latents_std`` and ``scaling_factor``, the inverse of what ``MochiPipeline`` applies before decoding,
+so precomputed latents live in the same space the transformer samples in.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKLMochi, MochiPipeline
+from transformers import T5EncoderModel, T5TokenizerFast
+
+from fastvideo.models.base import ModelAdapter, VideoRules
+
+
+class MochiAdapter(ModelAdapter):
+    family = "mochi"
+    rules = VideoRules(temporal_factor=6, spatial_factor=8, patch_size=2)
+    latent_channels = 12
+    max_text_tokens = 256
+
+    def __init__(self, model_path, *, device="cpu", dtype=torch.float32, vae_tiling: bool = True):
+        super().__init__(model_path, device=device, dtype=dtype)
+        self.vae_tiling = vae_tiling
+        self._text_pipe: MochiPipeline | None = None
+
+    # --- VAE -------------------------------------------------------------------------------------
+    def load_vae(self) -> AutoencoderKLMochi:
+        vae = AutoencoderKLMochi.from_pretrained(self.model_path, subfolder="vae", torch_dtype=self.dtype)
+        if self.vae_tiling:
+            # Only kicks in above the tile size (256 px), so small inputs are encoded whole.
+            vae.enable_tiling()
+        return vae.to(self.device).eval().requires_grad_(False)
+
+    def _latent_stats(
+        self, vae: AutoencoderKLMochi, like: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        shape = (1, self.latent_channels, 1, 1, 1)
+        mean = torch.tensor(vae.config.latents_mean).view(shape).to(like.device, like.dtype)
+        std = torch.tensor(vae.config.latents_std).view(shape).to(like.device, like.dtype)
+        return mean, std, vae.config.scaling_factor
+
+    @torch.no_grad()
+    def encode_video(self, vae: AutoencoderKLMochi, video: torch.Tensor) -> torch.Tensor:
+        video = video.to(self.device, vae.dtype)
+        # The posterior mean: deterministic, so a resumed or re-run preprocessing gives identical files.
+        latents = vae.encode(video).latent_dist.mode().float()
+        mean, std, scale = self._latent_stats(vae, latents)
+        return (latents - mean) * scale / std
+
+    @torch.no_grad()
+    def decode_latents(self, vae: AutoencoderKLMochi, latents: torch.Tensor) -> torch.Tensor:
+        latents = latents.to(self.device, torch.float32)
+        mean, std, scale = self._latent_stats(vae, latents)
+        latents = latents * std / scale + mean
+        return vae.decode(latents.to(vae.dtype), return_dict=False)[0].float().clamp(-1, 1)
+
+    # --- text ------------------------------------------------------------------------------------
+    def load_text_encoder(self) -> None:
+        tokenizer = T5TokenizerFast.from_pretrained(self.model_path, subfolder="tokenizer")
+        text_encoder = T5EncoderModel.from_pretrained(
+            self.model_path, subfolder="text_encoder", torch_dtype=self.dtype
+        )
+        text_encoder = text_encoder.to(self.device).eval().requires_grad_(False)
+        # A pipeline holding only the text components, so prompts are encoded by diffusers' own code.
+        self._text_pipe = MochiPipeline(
+            scheduler=None, vae=None, text_encoder=text_encoder, tokenizer=tokenizer, transformer=None
+        )
+
+    def unload_text_encoder(self) -> None:
+        self._text_pipe = None
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._text_pipe is None:
+            raise RuntimeError("call load_text_encoder() before encode_prompts()")
+        embeds, mask = self._text_pipe._get_t5_prompt_embeds(
+            prompt=prompts, max_sequence_length=self.max_text_tokens, device=self.device, dtype=torch.float32
+        )
+        return embeds, mask

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Preprocess videos + captions into latents and text embeddings (FastVideo layout) with torchrun.
+# Every setting is an environment variable with a default; extra arguments pass through to
+# `python -m fastvideo.data_preprocess.preprocess` (see its --help), e.g. --verify 2 --crop random.
+#
+#   bash scripts/finetune_data_gen.sh                                   # tiny model, synthetic clips, CPU
+#   MODEL_PATH=data/mochi DATA_DIR=/videos NUM_FRAMES=37 HEIGHT=480 WIDTH=848 NUM_GPUS=8 \
+#     bash scripts/finetune_data_gen.sh
+# Multi-node: set NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT on every node.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+MODEL_TYPE=${MODEL_TYPE:-mochi}
+MODEL_PATH=${MODEL_PATH:-data/tiny-$MODEL_TYPE}
+DATA_MERGE_PATH=${DATA_MERGE_PATH:-}
+DATA_DIR=${DATA_DIR:-}
+OUTPUT_DIR=${OUTPUT_DIR:-data/processed}
+NUM_FRAMES=${NUM_FRAMES:-25}
+HEIGHT=${HEIGHT:-64}
+WIDTH=${WIDTH:-96}
+TRAIN_FPS=${TRAIN_FPS:-30}
+NUM_GPUS=${NUM_GPUS:-1}
+NNODES=${NNODES:-1}
+VALIDATION_PROMPT_TXT=${VALIDATION_PROMPT_TXT:-assets/prompt.txt}
+
+# The embedded defaults build themselves on first use, so this runs on a fresh machine.
+if [[ "$MODEL_PATH" == "data/tiny-$MODEL_TYPE" && ! -f "$MODEL_PATH/model_index.json" ]]; then
+  "$PYTHON" -m fastvideo.models.tiny --model_type "$MODEL_TYPE" --output "$MODEL_PATH"
+fi
+if [[ -z "$DATA_MERGE_PATH" && -z "$DATA_DIR" ]]; then
+  DATA_DIR=data/synthetic/mochi
+  [[ -d "$DATA_DIR" ]] || "$PYTHON" -m fastvideo.data_preprocess.synthetic --output data/synthetic
+fi
+
+SOURCE=(--data_dir "$DATA_DIR")
+[[ -n "$DATA_MERGE_PATH" ]] && SOURCE=(--data_merge_path "$DATA_MERGE_PATH")
+if [[ "$NNODES" == 1 ]]; then
+  LAUNCH=(torchrun --standalone --nproc_per_node "$NUM_GPUS")
+else
+  LAUNCH=(torchrun --nnodes "$NNODES" --node_rank "${NODE_RANK:?set NODE_RANK}" --nproc_per_node "$NUM_GPUS"
+          --master_addr "${MASTER_ADDR:?set MASTER_ADDR}" --master_port "${MASTER_PORT:-29500}")
+fi
+CMD=("${LAUNCH[@]}" -m fastvideo.data_preprocess.preprocess
+  --model_type "$MODEL_TYPE" --model_path "$MODEL_PATH" "${SOURCE[@]}" --output_dir "$OUTPUT_DIR"
+  --num_frames "$NUM_FRAMES" --height "$HEIGHT" --width "$WIDTH" --train_fps "$TRAIN_FPS"
+  --validation_prompt_txt "$VALIDATION_PROMPT_TXT" "$@")
+echo "+ ${CMD[*]}"
+exec "${CMD[@]}"

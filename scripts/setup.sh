@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Install fastvideo and its dependencies into the current Python environment.
+#   bash scripts/setup.sh            # core + dev extras (pytest, ruff)
+#   EXTRAS=dev,demo bash scripts/setup.sh
+# Torch: an installed torch (e.g. your CUDA build) is kept. With no torch, a machine with an
+# NVIDIA GPU gets PyPI's default (CUDA) torch; one without gets the CPU wheel torch==$TORCH_CPU_VERSION
+# (set TORCH_INDEX_URL, e.g. https://download.pytorch.org/whl/cpu, if your index lacks a CPU wheel).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+EXTRAS=${EXTRAS:-dev}
+TORCH_CPU_VERSION=${TORCH_CPU_VERSION:-2.13.0}
+PIP=("$PYTHON" -m pip install --disable-pip-version-check -q)
+
+if "$PYTHON" -c "import torch" 2>/dev/null; then
+  echo "[setup] keeping installed torch $("$PYTHON" -c 'import torch; print(torch.__version__)')"
+elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  echo "[setup] NVIDIA GPU found and no torch: installing PyPI's CUDA torch"
+  "${PIP[@]}" torch
+else
+  echo "[setup] no torch and no CUDA GPU: installing the CPU wheel torch==$TORCH_CPU_VERSION"
+  "${PIP[@]}" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==$TORCH_CPU_VERSION"
+fi
+
+echo "[setup] installing fastvideo[$EXTRAS] (editable)"
+"${PIP[@]}" -e ".[$EXTRAS]"
+"$PYTHON" -c "import torch, diffusers, fastvideo; print(f'[setup] ok: torch {torch.__version__}, diffusers {diffusers.__version__}, cuda={torch.cuda.is_available()}')"

@@ -1,0 +1,40 @@
+"""Shared fixtures: the tiny Mochi model and the synthetic dataset, built once per test session."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_mochi(tmp_path_factory) -> Path:
+    from fastvideo.models.tiny import build_tiny
+
+    return build_tiny("mochi", tmp_path_factory.mktemp("models") / "tiny-mochi", seed=0)
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory):
+    from fastvideo.data_preprocess.synthetic import make_synthetic_dataset
+
+    return make_synthetic_dataset(tmp_path_factory.mktemp("synthetic"), num_videos=4, num_images=1, seed=0)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture
+def cli_env() -> dict[str, str]:
+    """Environment for subprocesses: this checkout importable, one thread per process (2-core CI)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHON"] = sys.executable
+    return env

@@ -12,7 +12,9 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repo_id", required=True, help="e.g. genmo/mochi-1-preview")
     parser.add_argument("--local_dir", required=True, help="folder to download into")
     parser.add_argument("--repo_type", default="model", choices=["model", "dataset", "space"])

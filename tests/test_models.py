@@ -27,9 +27,10 @@ def test_tiny_build_is_deterministic(tiny_mochi, tmp_path):
     again = build_tiny("mochi", tmp_path / "again", seed=0)
     assert _digest(again) == _digest(tiny_mochi)
     other = build_tiny("mochi", tmp_path / "other", seed=1)
-    assert _digest(other)["transformer/diffusion_pytorch_model.safetensors"] != _digest(tiny_mochi)[
-        "transformer/diffusion_pytorch_model.safetensors"
-    ]
+    assert (
+        _digest(other)["transformer/diffusion_pytorch_model.safetensors"]
+        != _digest(tiny_mochi)["transformer/diffusion_pytorch_model.safetensors"]
+    )
 
 
 def test_tiny_has_diffusers_layout(tiny_mochi):

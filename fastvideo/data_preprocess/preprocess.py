@@ -1,0 +1,489 @@
+"""Turn videos and captions into latents and text embeddings, once, across all ranks.
+
+    torchrun --nproc_per_node 2 -m fastvideo.data_preprocess.preprocess \
+        --model_path data/tiny-mochi --data_dir data/synthetic/mochi --output_dir data/processed \
+        --num_frames 25 --height 64 --width 96 --train_fps 30
+
+(or ``bash scripts/finetune_data_gen.sh``; plain ``python -m ...`` runs as one process).
+
+Two passes so a rank never holds the VAE and the text encoder at once: a VAE pass writing
+``latent/<name>.pt`` ([C, T, h, w]) and a text pass writing ``prompt_embed/<name>.pt`` ([L, D]) and
+``prompt_attention_mask/<name>.pt`` ([L], bool). Each rank takes every world_size-th item. Rank 0
+then writes ``videos2caption.json`` (FastVideo's layout), ``validation/`` embeddings for the
+validation prompts, and ``preprocess_report.json`` listing every skipped item with its reason.
+
+Every file is written atomically, finished items are skipped on a re-run (so a killed run resumes),
+and a re-run with different settings into the same OUTPUT_DIR is refused instead of mixing
+incompatible latents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fastvideo.data_preprocess.sources import Item, SourceError, collect_items
+from fastvideo.data_preprocess.video import FrameSpec, MediaError, load_media, write_video
+from fastvideo.io import atomic_torch_save, atomic_write_json, remove_stale_tmp_files
+from fastvideo.models import MODEL_TYPES, ModelAdapter, get_adapter_class
+from fastvideo.parallel.process_group import DistInfo, distributed
+
+CONFIG_FILE = "preprocess_config.json"
+REPORT_FILE = "preprocess_report.json"
+INDEX_FILE = "videos2caption.json"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Settings that change what is written: a re-run must match them to reuse finished files.
+OUTPUT_DEFINING = (
+    "model_type", "model_path", "num_frames", "height", "width", "train_fps", "skip_frames_start",
+    "skip_frames_end", "frame_window", "crop", "seed", "latent_dtype", "embed_dtype",
+)  # fmt: skip
+
+
+@dataclass
+class PreprocessConfig:
+    """Everything the preprocessing run needs; parsed from the command line in ``parse_args``."""
+
+    output_dir: str
+    """Where latent/, prompt_embed/, prompt_attention_mask/, validation/ and the index go."""
+    model_path: str = "data/tiny-mochi"
+    """Local diffusers-layout model directory (the embedded tiny model by default)."""
+    model_type: str = "mochi"
+    """Model family; decides the adapter and its frame/size rules."""
+    data_merge_path: str | None = None
+    """FastVideo merge file (media_folder,json_path lines) or a CSV/JSONL table."""
+    data_dir: str | None = None
+    """A Mochi-style folder, a CogVideoX-style root or a folder with one CSV/JSONL (auto-detected)."""
+    caption_column: str = "caption"
+    """Caption column of a CSV/JSONL table."""
+    video_column: str = "video"
+    """Media-path column of a CSV/JSONL table."""
+    num_frames: int = 25
+    """Frames per sample, after resampling to train_fps (Mochi: 6k+1)."""
+    height: int = 64
+    width: int = 96
+    train_fps: float = 30.0
+    """Videos are resampled to this frame rate before frames are taken."""
+    skip_frames_start: int = 0
+    skip_frames_end: int = 0
+    frame_window: str = "start"
+    """start: the first num_frames; center: a window centred in the clip."""
+    crop: str = "center"
+    """center | random | none (none resizes without keeping the aspect ratio)."""
+    seed: int = 0
+    """Seeds the random crop, per item, so a re-run crops identically."""
+    validation_prompt_txt: str | None = None
+    """One prompt per line; their embeddings go to OUTPUT_DIR/validation/."""
+    verify: int = 0
+    """Decode this many latents back to mp4 (input | reconstruction) under OUTPUT_DIR/verify/."""
+    strict: bool = False
+    """Exit non-zero if any item was skipped (default: only when none succeeded)."""
+    overwrite: bool = False
+    """Discard an OUTPUT_DIR made with other settings instead of refusing to run."""
+    dtype: str = "auto"
+    """Model compute dtype: auto (bfloat16 on GPU, float32 on CPU), float32 or bfloat16."""
+    latent_dtype: str = "float32"
+    embed_dtype: str = "bfloat16"
+    text_batch_size: int = 8
+    vae_tiling: bool = True
+    """Encode large frames in tiles (diffusers' VAE tiling) to bound memory."""
+
+    def __post_init__(self):
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(
+                f"--model_type {self.model_type!r} is not supported; choose one of {MODEL_TYPES}"
+            )
+        for name in ("dtype",):
+            if getattr(self, name) not in ("auto", *DTYPES):
+                raise ValueError(f"--{name} must be auto or one of {list(DTYPES)}")
+        for name in ("latent_dtype", "embed_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ValueError(f"--{name} must be one of {list(DTYPES)}")
+        if self.verify < 0 or self.text_batch_size < 1:
+            raise ValueError("--verify must be >= 0 and --text_batch_size >= 1")
+        rules = get_adapter_class(self.model_type).rules
+        problems = [
+            p for p in (rules.frame_error(self.num_frames), rules.size_error(self.height, self.width)) if p
+        ]
+        if problems:
+            raise ValueError(f"{self.model_type}: " + "; ".join(problems))
+        # Fail on bad frame settings here, before any model is loaded.
+        self.frame_spec()
+
+    def frame_spec(self) -> FrameSpec:
+        return FrameSpec(
+            num_frames=self.num_frames,
+            height=self.height,
+            width=self.width,
+            train_fps=self.train_fps,
+            skip_frames_start=self.skip_frames_start,
+            skip_frames_end=self.skip_frames_end,
+            window=self.frame_window,
+            crop=self.crop,
+        )
+
+    def defining(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["model_path"] = str(Path(self.model_path).resolve())
+        return {k: d[k] for k in OUTPUT_DEFINING}
+
+
+@dataclass
+class RankResult:
+    """What one rank did, gathered to rank 0 for the report."""
+
+    done: int = 0
+    reused: int = 0
+    skipped: list[dict] = field(default_factory=list)
+    notes: list[dict] = field(default_factory=list)
+    verified: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Layout:
+    """Paths inside OUTPUT_DIR (FastVideo's layout)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.latent = self.root / "latent"
+        self.embed = self.root / "prompt_embed"
+        self.mask = self.root / "prompt_attention_mask"
+        self.validation = self.root / "validation"
+        self.verify = self.root / "verify"
+
+    def latent_file(self, item: Item) -> Path:
+        return self.latent / f"{item.name}.pt"
+
+    def embed_file(self, item: Item) -> Path:
+        return self.embed / f"{item.name}.pt"
+
+    def mask_file(self, item: Item) -> Path:
+        return self.mask / f"{item.name}.pt"
+
+    def has_latent(self, item: Item) -> bool:
+        return self.latent_file(item).is_file()
+
+    def has_text(self, item: Item) -> bool:
+        return self.embed_file(item).is_file() and self.mask_file(item).is_file()
+
+
+def media_signature(item: Item) -> str:
+    stat = item.media_path.stat()
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def item_rng(seed: int, item: Item) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(item.name.encode())])
+
+
+def model_dtype(cfg: PreprocessConfig, device: torch.device) -> torch.dtype:
+    if cfg.dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return DTYPES[cfg.dtype]
+
+
+# --- checks before any work ----------------------------------------------------------------------
+def check_output_dir(cfg: PreprocessConfig) -> None:
+    """Refuse to mix outputs of different settings in one OUTPUT_DIR (stale caches)."""
+    path = Path(cfg.output_dir) / CONFIG_FILE
+    if not path.is_file() or cfg.overwrite:
+        return
+    previous = json.loads(path.read_text())
+    changed = [
+        f"{k}: {previous.get(k)!r} -> {v!r}" for k, v in cfg.defining().items() if previous.get(k) != v
+    ]
+    if changed:
+        raise ValueError(
+            f"{cfg.output_dir} holds a dataset made with other settings ({'; '.join(changed)}). "
+            "Use a new OUTPUT_DIR, or pass --overwrite to discard it."
+        )
+
+
+def reset_output_dir(cfg: PreprocessConfig) -> None:
+    """With --overwrite and changed settings, clear the outputs so nothing stale is reused."""
+    import shutil
+
+    layout = Layout(cfg.output_dir)
+    path = layout.root / CONFIG_FILE
+    if path.is_file() and json.loads(path.read_text()) != cfg.defining():
+        for folder in (layout.latent, layout.embed, layout.mask, layout.validation, layout.verify):
+            shutil.rmtree(folder, ignore_errors=True)
+        for name in (INDEX_FILE, REPORT_FILE):
+            (layout.root / name).unlink(missing_ok=True)
+
+
+def previous_records(layout: Layout) -> dict[str, dict]:
+    path = layout.root / INDEX_FILE
+    if not path.is_file():
+        return {}
+    return {rec["latent_path"][: -len(".pt")]: rec for rec in json.loads(path.read_text())}
+
+
+def invalidate_changed(items: list[Item], layout: Layout, previous: dict[str, dict]) -> None:
+    """Drop finished outputs whose source media or caption changed since the last run."""
+    for item in items:
+        rec = previous.get(item.name)
+        if rec is None:
+            continue
+        if rec.get("media_signature") != media_signature(item):
+            layout.latent_file(item).unlink(missing_ok=True)
+        if rec.get("caption") != item.caption:
+            layout.embed_file(item).unlink(missing_ok=True)
+            layout.mask_file(item).unlink(missing_ok=True)
+
+
+# --- the two passes ------------------------------------------------------------------------------
+def progress(items, dist_info: DistInfo, desc: str, unit: str = "item"):
+    return tqdm(
+        items,
+        desc=f"{desc} [rank 0 of {dist_info.world_size}]" if dist_info.world_size > 1 else desc,
+        unit=unit,
+        disable=not dist_info.is_main,
+        dynamic_ncols=True,
+    )
+
+
+def vae_pass(cfg, adapter: ModelAdapter, items: list[Item], layout: Layout, dist_info, result: RankResult):
+    todo = [it for it in items if not layout.has_latent(it)]
+    result.reused += len(items) - len(todo)
+    if not todo:
+        return
+    vae = adapter.load_vae()
+    spec = cfg.frame_spec()
+    for item in progress(todo, dist_info, "VAE encode"):
+        try:
+            clip = load_media(item.media_path, spec, rng=item_rng(cfg.seed, item))
+        except MediaError as err:
+            result.skipped.append({"item": str(item.media_path), "origin": item.origin, "reason": str(err)})
+            continue
+        result.notes += [{"item": str(item.media_path), "note": note} for note in clip.notes]
+        latents = adapter.encode_video(vae, clip.frames.unsqueeze(0))[0]
+        atomic_torch_save(latents.to(DTYPES[cfg.latent_dtype]).contiguous(), layout.latent_file(item))
+        result.done += 1
+    del vae
+
+
+def text_pass(cfg, adapter: ModelAdapter, items: list[Item], layout: Layout, dist_info, prompts: list[str]):
+    todo = [it for it in items if layout.has_latent(it) and not layout.has_text(it)]
+    if not todo and not prompts:
+        return
+    adapter.load_text_encoder()
+    embed_dtype = DTYPES[cfg.embed_dtype]
+    batches = [todo[i : i + cfg.text_batch_size] for i in range(0, len(todo), cfg.text_batch_size)]
+    for batch in progress(batches, dist_info, "Text encode", unit="batch"):
+        embeds, masks = adapter.encode_prompts([it.caption for it in batch])
+        for item, embed, mask in zip(batch, embeds, masks, strict=True):
+            atomic_torch_save(embed.to(embed_dtype).contiguous(), layout.embed_file(item))
+            atomic_torch_save(mask.contiguous(), layout.mask_file(item))
+    if prompts:
+        write_validation(adapter, prompts, layout, embed_dtype)
+    adapter.unload_text_encoder()
+
+
+def write_validation(adapter: ModelAdapter, prompts: list[str], layout: Layout, embed_dtype) -> None:
+    embeds, masks = adapter.encode_prompts(prompts)
+    records = []
+    for i, (prompt, embed, mask) in enumerate(zip(prompts, embeds, masks, strict=True)):
+        atomic_torch_save(embed.to(embed_dtype).contiguous(), layout.validation / "prompt_embed" / f"{i}.pt")
+        atomic_torch_save(mask.contiguous(), layout.validation / "prompt_attention_mask" / f"{i}.pt")
+        records.append(
+            {"caption": prompt, "prompt_embed_path": f"{i}.pt", "prompt_attention_mask": f"{i}.pt"}
+        )
+    atomic_write_json(records, layout.validation / INDEX_FILE)
+
+
+def verify_pass(cfg, adapter: ModelAdapter, items: list[Item], layout: Layout, result: RankResult) -> None:
+    """Decode latents back to pixels, written beside the model input: [input | reconstruction]."""
+    if not items:
+        return
+    vae = adapter.load_vae()
+    spec = cfg.frame_spec()
+    for item in items:
+        clip = load_media(item.media_path, spec, rng=item_rng(cfg.seed, item))
+        latents = torch.load(layout.latent_file(item), map_location="cpu").float().unsqueeze(0)
+        decoded = adapter.decode_latents(vae, latents)[0].cpu()
+        side_by_side = torch.cat([clip.frames, decoded[:, : clip.frames.shape[1]]], dim=-1)
+        out = layout.verify / f"{item.name}.mp4"
+        write_video(out, side_by_side, fps=cfg.train_fps)
+        result.verified.append(str(out))
+    del vae
+
+
+# --- index and report ----------------------------------------------------------------------------
+def write_index(cfg, adapter_cls, items: list[Item], layout: Layout) -> list[dict]:
+    records = []
+    video_t = adapter_cls.rules.latent_shape(cfg.num_frames, cfg.height, cfg.width, 1)[1]
+    for item in items:
+        if not (layout.has_latent(item) and layout.has_text(item)):
+            continue
+        name = f"{item.name}.pt"
+        records.append(
+            {
+                "latent_path": name,
+                "prompt_embed_path": name,
+                "prompt_attention_mask": name,
+                "caption": item.caption,
+                "length": 1 if item.kind == "image" else video_t,
+                "num_frames": 1 if item.kind == "image" else cfg.num_frames,
+                "height": cfg.height,
+                "width": cfg.width,
+                "kind": item.kind,
+                "media_path": str(item.media_path),
+                "media_signature": media_signature(item),
+            }
+        )
+    atomic_write_json(records, layout.root / INDEX_FILE)
+    return records
+
+
+def write_report(cfg, layout: Layout, records, source_skips, results: list[RankResult], total: int) -> dict:
+    skipped = [{"item": s.what, "origin": "", "reason": s.reason} for s in source_skips]
+    skipped += [s for r in results for s in r.skipped]
+    report = {
+        "settings": dataclasses.asdict(cfg),
+        "items_found": total + len(source_skips),
+        "items_ready": len(records),
+        "encoded_this_run": sum(r.done for r in results),
+        "reused_from_earlier_runs": sum(r.reused for r in results),
+        "skipped": skipped,
+        "notes": [n for r in results for n in r.notes],
+        "verify_videos": [v for r in results for v in r.verified],
+        "seconds": max(r.seconds for r in results),
+    }
+    atomic_write_json(report, layout.root / REPORT_FILE)
+    return report
+
+
+def print_summary(report: dict, layout: Layout) -> None:
+    secs = report["seconds"]
+    rate = report["encoded_this_run"] / secs if secs > 0 else 0.0
+    print(
+        f"\n{report['items_ready']} of {report['items_found']} items ready in {layout.root} "
+        f"({report['encoded_this_run']} encoded now, {report['reused_from_earlier_runs']} reused; "
+        f"{secs:.1f} s, {rate:.2f} items/s)"
+    )
+    if report["skipped"]:
+        print(f"{len(report['skipped'])} skipped (details in {layout.root / REPORT_FILE}):")
+        for s in report["skipped"]:
+            print(f"  - {s['item']}: {s['reason']}")
+    for n in report["notes"]:
+        print(f"  note: {n['item']}: {n['note']}")
+    for v in report["verify_videos"]:
+        print(f"  verify: {v}")
+
+
+# --- entry point ---------------------------------------------------------------------------------
+def read_prompts(path: str | None) -> list[str]:
+    if not path:
+        return []
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip()]
+
+
+def run(cfg: PreprocessConfig, dist_info: DistInfo) -> int:
+    adapter_cls = get_adapter_class(cfg.model_type)
+    layout = Layout(cfg.output_dir)
+    items, source_skips = collect_items(
+        data_merge_path=cfg.data_merge_path,
+        data_dir=cfg.data_dir,
+        caption_column=cfg.caption_column,
+        video_column=cfg.video_column,
+    )
+    prompts = read_prompts(cfg.validation_prompt_txt)
+    check_output_dir(cfg)
+    dist_info.barrier()
+    if dist_info.is_main:
+        if cfg.overwrite:
+            reset_output_dir(cfg)
+        layout.root.mkdir(parents=True, exist_ok=True)
+        remove_stale_tmp_files(layout.root)
+        invalidate_changed(items, layout, previous_records(layout))
+        atomic_write_json(cfg.defining(), layout.root / CONFIG_FILE)
+    dist_info.barrier()
+
+    started = time.perf_counter()
+    mine = items[dist_info.rank :: dist_info.world_size]
+    adapter = adapter_cls(
+        cfg.model_path,
+        device=dist_info.device,
+        dtype=model_dtype(cfg, dist_info.device),
+        vae_tiling=cfg.vae_tiling,
+    )
+    result = RankResult()
+    vae_pass(cfg, adapter, mine, layout, dist_info, result)
+    text_pass(cfg, adapter, mine, layout, dist_info, prompts if dist_info.is_main else [])
+    to_verify = [it for it in items[: cfg.verify] if it in mine and layout.has_latent(it)]
+    verify_pass(cfg, adapter, to_verify, layout, result)
+    result.seconds = time.perf_counter() - started
+
+    results = dist_info.gather_to_main(result)
+    if not dist_info.is_main:
+        return 0
+    records = write_index(cfg, adapter_cls, items, layout)
+    report = write_report(cfg, layout, records, source_skips, results, len(items))
+    print_summary(report, layout)
+    if not records:
+        print("error: no item could be preprocessed", file=sys.stderr)
+        return 1
+    if cfg.strict and report["skipped"]:
+        print("error: --strict and some items were skipped", file=sys.stderr)
+        return 1
+    return 0
+
+
+def parse_args(argv: list[str] | None = None) -> PreprocessConfig:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    for f in dataclasses.fields(PreprocessConfig):
+        default = None if f.default is dataclasses.MISSING else f.default
+        if f.type in ("bool", bool):
+            if default:
+                parser.add_argument(f"--no_{f.name}", dest=f.name, action="store_false")
+            else:
+                parser.add_argument(f"--{f.name}", action="store_true")
+            continue
+        kind = {"int": int, "float": float}.get(str(f.type), str)
+        parser.add_argument(
+            f"--{f.name}", type=kind, default=default, required=default is None and f.name == "output_dir"
+        )
+    return PreprocessConfig(**vars(parser.parse_args(argv)))
+
+
+def check_model_path(cfg: PreprocessConfig) -> None:
+    path = Path(cfg.model_path)
+    if not (path / "model_index.json").is_file():
+        raise ValueError(
+            f"MODEL_PATH {path} is not a diffusers model directory (no model_index.json). Build the tiny "
+            f"default with `python -m fastvideo.models.tiny --output {path}` or download real weights with "
+            "`python scripts/download_hf.py --repo_id genmo/mochi-1-preview --local_dir <dir>`."
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_args(argv)
+        check_model_path(cfg)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    with distributed() as dist_info:
+        try:
+            return run(cfg, dist_info)
+        except (SourceError, ValueError) as err:
+            if dist_info.is_main:
+                print(f"error: {err}", file=sys.stderr)
+            return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

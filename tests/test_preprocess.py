@@ -235,3 +235,20 @@ def test_two_rank_torchrun_equals_one_process(tiny_mochi, synthetic, tmp_path, c
         ):
             assert torch.equal(torch.load(two / folder / rec[key]), torch.load(single / folder / rec[key]))
     assert len(json.loads((two / "validation" / "videos2caption.json").read_text())) == 3
+
+
+def test_hdr_iphone_style_mov_is_converted_and_noted(tiny_mochi, tmp_path):
+    """A 10-bit PQ/BT.2020 .mov goes through preprocessing with its conversion in the report."""
+    from test_video import SDR_COLORS, encode_hevc10, patch_image, sdr_to_pq
+
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    signal = sdr_to_pq(patch_image(SDR_COLORS, size=16))
+    encode_hevc10(folder / "IMG_0001.mov", signal, "smpte2084", frames=FRAMES)
+    (folder / "IMG_0001.txt").write_text("a phone video of colour patches")
+    out = tmp_path / "out"
+    assert run(tiny_mochi, out, "--data_dir", folder) == 0
+    notes = report(out)["notes"]
+    assert len(notes) == 1 and "IMG_0001.mov" in notes[0]["item"]
+    assert "PQ" in notes[0]["note"] and "BT.709" in notes[0]["note"]
+    assert torch.load(out / "latent" / "IMG_0001.pt").shape == LATENT_VIDEO

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Preprocess videos + captions into latents and text embeddings (FastVideo layout) with torchrun.
+# Preprocess videos + captions into latents and text embeddings (FastVideo layout) with torchrun
+# (launched as `$PYTHON -m torch.distributed.run`, so the torchrun of the same Python runs).
 # Every setting is an environment variable with a default; extra arguments pass through to
 # `python -m fastvideo.data_preprocess.preprocess` (see its --help), e.g. --verify 2 --crop random.
 #
@@ -35,9 +36,9 @@ fi
 SOURCE=(--data_dir "$DATA_DIR")
 [[ -n "$DATA_MERGE_PATH" ]] && SOURCE=(--data_merge_path "$DATA_MERGE_PATH")
 if [[ "$NNODES" == 1 ]]; then
-  LAUNCH=(torchrun --standalone --nproc_per_node "$NUM_GPUS")
+  LAUNCH=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NUM_GPUS")
 else
-  LAUNCH=(torchrun --nnodes "$NNODES" --node_rank "${NODE_RANK:?set NODE_RANK}" --nproc_per_node "$NUM_GPUS"
+  LAUNCH=("$PYTHON" -m torch.distributed.run --nnodes "$NNODES" --node_rank "${NODE_RANK:?set NODE_RANK}" --nproc_per_node "$NUM_GPUS"
           --master_addr "${MASTER_ADDR:?set MASTER_ADDR}" --master_port "${MASTER_PORT:-29500}")
 fi
 CMD=("${LAUNCH[@]}" -m fastvideo.data_preprocess.preprocess

@@ -18,7 +18,7 @@ input unusable raise :class:`SourceError`. Media files are only checked for exis
 Try it on a folder to see what would be preprocessed::
 
     python -m fastvideo.data_preprocess.sources --data_dir data/synthetic/mochi
-    python -m fastvideo.data_preprocess.sources --data_merge_path data/synthetic/merge.txt
+    python -m fastvideo.data_preprocess.sources --data_merge_path data/synthetic/merge/merge.txt
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v"})
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
-MEDIA_EXTENSIONS = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS
+from fastvideo.data_preprocess.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+
+MEDIA_EXTENSIONS = frozenset(VIDEO_EXTENSIONS + IMAGE_EXTENSIONS)
 TABLE_EXTENSIONS = frozenset({".csv", ".jsonl"})
 COGVIDEOX_FILES = ("prompts.txt", "videos.txt")
 

@@ -131,3 +131,15 @@ def test_download_offline_fails_with_one_line(tmp_path, cli_env, repo_root):
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: could not download model genmo/mochi-1-preview")
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_vae_tiling_is_on_by_default_and_encodes_large_frames(tiny_mochi):
+    vae = MochiAdapter(tiny_mochi).load_vae()
+    assert vae.use_tiling
+    assert not MochiAdapter(tiny_mochi, vae_tiling=False).load_vae().use_tiling
+    calls = []
+    tiled_encode = vae.tiled_encode
+    vae.tiled_encode = lambda x: calls.append(x.shape) or tiled_encode(x)
+    video = torch.rand(1, 3, 7, 272, 320) * 2 - 1  # above the 256-px tile: encoded in blended tiles
+    assert MochiAdapter(tiny_mochi).encode_video(vae, video).shape == (1, 12, 2, 34, 40)
+    assert len(calls) == 1

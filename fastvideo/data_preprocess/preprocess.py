@@ -1,4 +1,4 @@
-"""Turn videos and captions into latents and text embeddings, once, across all ranks.
+r"""Turn videos and captions into latents and text embeddings, once, across all ranks.
 
     torchrun --nproc_per_node 2 -m fastvideo.data_preprocess.preprocess \
         --model_path data/tiny-mochi --data_dir data/synthetic/mochi --output_dir data/processed \
@@ -19,7 +19,6 @@ incompatible latents.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fastvideo.cli import parse_config
 from fastvideo.data_preprocess.sources import Item, SourceError, collect_items
 from fastvideo.data_preprocess.video import FrameSpec, MediaError, load_media, write_video
 from fastvideo.io import atomic_torch_save, atomic_write_json, remove_stale_tmp_files
@@ -441,22 +441,7 @@ def run(cfg: PreprocessConfig, dist_info: DistInfo) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> PreprocessConfig:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    for f in dataclasses.fields(PreprocessConfig):
-        default = None if f.default is dataclasses.MISSING else f.default
-        if f.type in ("bool", bool):
-            if default:
-                parser.add_argument(f"--no_{f.name}", dest=f.name, action="store_false")
-            else:
-                parser.add_argument(f"--{f.name}", action="store_true")
-            continue
-        kind = {"int": int, "float": float}.get(str(f.type), str)
-        parser.add_argument(
-            f"--{f.name}", type=kind, default=default, required=default is None and f.name == "output_dir"
-        )
-    return PreprocessConfig(**vars(parser.parse_args(argv)))
+    return parse_config(PreprocessConfig, argv, description=__doc__, required=("output_dir",))
 
 
 def check_model_path(cfg: PreprocessConfig) -> None:

@@ -92,5 +92,37 @@ class ModelAdapter(abc.ABC):
         """Pixels ``[B, 3, F, H, W]`` in [-1, 1] to normalised latents ``[B, C, T, h, w]``."""
 
     @abc.abstractmethod
+    def transformer_config(self) -> dict:
+        """The DiT's config (from ``transformer/config.json``), without loading weights."""
+
+    @abc.abstractmethod
+    def transformer_class(self) -> type[torch.nn.Module]: ...
+
+    @abc.abstractmethod
+    def transformer_blocks(self, transformer: torch.nn.Module) -> torch.nn.ModuleList:
+        """The repeated blocks: the unit of FSDP sharding and activation checkpointing."""
+
+    @abc.abstractmethod
+    def num_attention_heads(self, transformer: torch.nn.Module) -> int: ...
+
+    @abc.abstractmethod
+    def enable_sequence_parallel(self, transformer: torch.nn.Module, sp_group) -> None:
+        """Install the family's SP plan (split/gather hooks, Ulysses attention) on a plain diffusers DiT."""
+
+    @abc.abstractmethod
+    def predict_velocity(
+        self,
+        transformer: torch.nn.Module,
+        noisy_latents: torch.Tensor,
+        sigmas: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        prompt_attention_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Flow velocity ``v = noise - latents`` at ``x_sigma = (1 - sigma) latents + sigma noise``.
+
+        Hides the family's timestep and output conventions (Mochi: reversed time, negated output).
+        """
+
+    @abc.abstractmethod
     def decode_latents(self, vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents ``[B, C, T, h, w]`` to pixels ``[B, 3, F, H, W]`` in [-1, 1]."""

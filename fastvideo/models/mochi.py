@@ -9,8 +9,10 @@ so precomputed latents live in the same space the transformer samples in.
 
 from __future__ import annotations
 
+import json
+
 import torch
-from diffusers import AutoencoderKLMochi, MochiPipeline
+from diffusers import AutoencoderKLMochi, MochiPipeline, MochiTransformer3DModel
 from transformers import T5EncoderModel, T5TokenizerFast
 
 from fastvideo.models.base import ModelAdapter, VideoRules
@@ -57,6 +59,37 @@ class MochiAdapter(ModelAdapter):
         mean, std, scale = self._latent_stats(vae, latents)
         latents = latents * std / scale + mean
         return vae.decode(latents.to(vae.dtype), return_dict=False)[0].float().clamp(-1, 1)
+
+    # --- transformer -----------------------------------------------------------------------------
+    def transformer_config(self) -> dict:
+        return json.loads((self.model_path / "transformer" / "config.json").read_text())
+
+    def transformer_class(self) -> type[MochiTransformer3DModel]:
+        return MochiTransformer3DModel
+
+    def transformer_blocks(self, transformer) -> torch.nn.ModuleList:
+        return transformer.transformer_blocks
+
+    def num_attention_heads(self, transformer) -> int:
+        return transformer.config.num_attention_heads
+
+    def enable_sequence_parallel(self, transformer, sp_group) -> None:
+        from fastvideo.models.mochi_sp import enable_mochi_sequence_parallel
+
+        enable_mochi_sequence_parallel(transformer, sp_group)
+
+    def predict_velocity(self, transformer, noisy_latents, sigmas, prompt_embeds, prompt_attention_mask):
+        # Mochi runs time backwards: the DiT sees 1000 * (1 - sigma) and predicts -v
+        # (what diffusers' MochiPipeline + FlowMatchEulerDiscreteScheduler(invert_sigmas=True) expect).
+        timestep = (1.0 - sigmas) * 1000.0
+        out = transformer(
+            hidden_states=noisy_latents,
+            encoder_hidden_states=prompt_embeds,
+            timestep=timestep,
+            encoder_attention_mask=prompt_attention_mask,
+            return_dict=False,
+        )[0]
+        return -out
 
     # --- text ------------------------------------------------------------------------------------
     def load_text_encoder(self) -> None:

@@ -1,0 +1,60 @@
+"""Command-line parsing for the typed config dataclasses: one flag per field, in one place.
+
+Each field becomes ``--name`` with the field's default; bool fields become ``--name`` (default
+False) or ``--no_name`` (default True). The help text is the docstring that follows the field in
+the class body (read from the source), so the dataclass stays the single description of a config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import textwrap
+from typing import TypeVar
+
+T = TypeVar("T")
+_TYPES = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float, "str | None": str}
+
+
+def field_docs(cls) -> dict[str, str]:
+    """Docstrings written under dataclass fields (``x: int = 1`` followed by ``\"\"\"doc\"\"\"``)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant):
+                docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
+
+
+def build_parser(
+    cls, description: str | None = None, required: tuple[str, ...] = ()
+) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        default = None if f.default is dataclasses.MISSING else f.default
+        help_text = docs.get(f.name, "")
+        if str(f.type) == "bool":
+            if default:
+                parser.add_argument(f"--no_{f.name}", dest=f.name, action="store_false", help=help_text)
+            else:
+                parser.add_argument(f"--{f.name}", action="store_true", help=help_text)
+            continue
+        kind = _TYPES.get(str(f.type), str)
+        parser.add_argument(
+            f"--{f.name}", type=kind, default=default, required=f.name in required,
+            help=f"{help_text} (default: {default})",
+        )  # fmt: skip
+    return parser
+
+
+def parse_config(cls: type[T], argv: list[str] | None = None, *, description=None, required=()) -> T:
+    return cls(**vars(build_parser(cls, description, required).parse_args(argv)))

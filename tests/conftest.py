@@ -38,3 +38,19 @@ def cli_env() -> dict[str, str]:
     env["OMP_NUM_THREADS"] = "1"
     env["PYTHON"] = sys.executable
     return env
+
+
+@pytest.fixture(scope="session")
+def processed(tmp_path_factory, tiny_mochi, synthetic) -> Path:
+    """The synthetic set preprocessed for the tiny model: 13 frames at 32x48 -> latents [12, 3, 4, 6]."""
+    from fastvideo.data_preprocess.preprocess import main as preprocess_main
+
+    out = tmp_path_factory.mktemp("processed") / "data"
+    prompts = out.parent / "prompts.txt"
+    prompts.write_text("a red circle moving right\na blue square moving up\n")
+    code = preprocess_main(
+        ["--model_path", str(tiny_mochi), "--data_dir", str(synthetic.mochi_dir), "--output_dir", str(out),
+         "--num_frames", "13", "--height", "32", "--width", "48", "--validation_prompt_txt", str(prompts)]
+    )  # fmt: skip
+    assert code == 0
+    return out

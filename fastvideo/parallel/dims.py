@@ -69,7 +69,9 @@ class ParallelDims:
                 (self.dp_replicate, self.dp_shard * self.sp),
                 mesh_dim_names=("dp_replicate", "dp_shard_sp"),
             )
-            batch_mesh = init_device_mesh(self.device_type, (self.dp_size, self.sp), mesh_dim_names=("dp", "sp"))
+            batch_mesh = init_device_mesh(
+                self.device_type, (self.dp_size, self.sp), mesh_dim_names=("dp", "sp")
+            )
             self._mesh = (shard_mesh, batch_mesh)
         return self._mesh
 

@@ -1,0 +1,299 @@
+"""Read preprocessed latents and text embeddings, and batch them by shape for data-parallel training.
+
+    dataset = LatentDataset("data/processed")            # the folder holding videos2caption.json
+    sampler = ShapeBucketSampler(dataset, batch_size=2, dp_rank=r, dp_size=n, seed=0)
+    batches = iter(sampler)                               # infinite: one epoch after another
+    batch = collate([dataset[i] for i in next(batches)])  # latents [B, C, T, h, w], ...
+    saved = sampler.state_dict()                          # later: sampler.load_state_dict(saved)
+
+The folder is what ``fastvideo.data_preprocess.preprocess`` (``bash scripts/finetune_data_gen.sh``)
+writes: ``latent/<name>.pt`` ([C, T, h, w]), ``prompt_embed/<name>.pt`` ([L, D]),
+``prompt_attention_mask/<name>.pt`` ([L], bool) and the index ``videos2caption.json``.
+
+``ShapeBucketSampler`` guarantees, for one data-parallel rank:
+
+* every batch holds items of one latent shape (bucket key: kind, length, height, width from the
+  index), so images and videos, or videos of different sizes, never meet in a batch;
+* each epoch is shuffled by a generator seeded with (seed, epoch), so the order is a function of
+  the seed alone; ranks of one sequence-parallel group pass the same ``dp_rank`` and get the same
+  batches;
+* all ``dp_size`` ranks get disjoint batches and the same number of them, all of one shape at a
+  given step (a global batch is cut into per-rank slices), so collectives stay in step; items that
+  do not fill a whole global batch are left out of that epoch (a different few each epoch);
+* ``state_dict()`` records the position (epoch, batch within the epoch), so a resumed run yields
+  exactly the batches an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections.abc import Hashable, Iterator, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+INDEX_FILE = "videos2caption.json"  # the name fastvideo.data_preprocess.preprocess writes
+MAKE_DATA = "run `bash scripts/finetune_data_gen.sh` to preprocess your videos into it"
+PATH_KEYS = {
+    "latent_path": "latent",
+    "prompt_embed_path": "prompt_embed",
+    "prompt_attention_mask": "prompt_attention_mask",
+}
+
+
+class BucketKey(NamedTuple):
+    """What decides a latent's shape: items with equal keys can share a batch."""
+
+    kind: str
+    length: int | None
+    height: int | None
+    width: int | None
+
+
+# --- the dataset ---------------------------------------------------------------------------------
+def resolve_index(data_dir: str | Path) -> Path:
+    """The index file for a dataset folder (or the index file itself), with a clear error if absent."""
+    path = Path(data_dir)
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise ValueError(f"preprocessed data folder {path} does not exist; {MAKE_DATA}")
+    index = path / INDEX_FILE
+    if not index.is_file():
+        raise ValueError(f"{path} has no {INDEX_FILE} (not a preprocessed data folder); {MAKE_DATA}")
+    return index
+
+
+def read_index(index: Path) -> list[dict]:
+    try:
+        records = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{index} is not a readable index ({err}); {MAKE_DATA}") from None
+    if not isinstance(records, list):
+        raise ValueError(f"{index} should hold a list of items; {MAKE_DATA}")
+    if not records:
+        raise ValueError(
+            f"{index} lists no items (see preprocess_report.json beside it for skipped ones); {MAKE_DATA}"
+        )
+    for i, rec in enumerate(records):
+        missing = [k for k in PATH_KEYS if not isinstance(rec, dict) or k not in rec]
+        if missing:
+            raise ValueError(f"{index}: item {i} lacks {missing}; {MAKE_DATA}")
+    return records
+
+
+def bucket_key(record: dict) -> BucketKey:
+    # Indexes written by older tools may lack "kind": those hold videos only.
+    return BucketKey(
+        kind=record.get("kind", "video"),
+        length=record.get("length"),
+        height=record.get("height"),
+        width=record.get("width"),
+    )
+
+
+class LatentDataset(torch.utils.data.Dataset):
+    """Items of a preprocessed folder: ``dataset[i]`` loads one sample from disk.
+
+    ``data_dir`` is the folder holding ``videos2caption.json`` (or that file). Every listed file is
+    checked to exist up front, so a broken folder fails before any model is loaded.
+    """
+
+    def __init__(self, data_dir: str | Path):
+        self.index_path = resolve_index(data_dir)
+        self.root = self.index_path.parent
+        self.records = read_index(self.index_path)
+        self._check_files()
+
+    def _files(self, i: int) -> dict[str, Path]:
+        rec = self.records[i]
+        return {key: self.root / folder / rec[key] for key, folder in PATH_KEYS.items()}
+
+    def _check_files(self) -> None:
+        missing = [p for i in range(len(self)) for p in self._files(i).values() if not p.is_file()]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise ValueError(
+                f"{missing[0]}{more} listed in {self.index_path} is missing; re-run "
+                "`bash scripts/finetune_data_gen.sh` with the same settings (finished items are reused)"
+            )
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def bucket_key(self, i: int) -> BucketKey:
+        return bucket_key(self.records[i])
+
+    def bucket_keys(self) -> list[BucketKey]:
+        """One key per item, read from the index (no tensor is loaded)."""
+        return [bucket_key(rec) for rec in self.records]
+
+    def __getitem__(self, i: int) -> dict:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for a dataset of {len(self)} items")
+        i = i % len(self)
+        files = self._files(i)
+        return {
+            "latents": _load(files["latent_path"], self.index_path).float(),
+            "prompt_embeds": _load(files["prompt_embed_path"], self.index_path).float(),
+            "prompt_attention_mask": _load(files["prompt_attention_mask"], self.index_path).bool(),
+            "caption": self.records[i].get("caption", ""),
+            "index": i,
+        }
+
+
+def _load(path: Path, index: Path) -> torch.Tensor:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        # Checked at construction, so the folder changed under a running job.
+        raise ValueError(
+            f"{path} listed in {index} is missing; re-run `bash scripts/finetune_data_gen.sh`"
+        ) from None
+
+
+def collate(items: Sequence[dict]) -> dict:
+    """Stack items of one shape into a batch: tensors gain a leading batch dim, captions form a list."""
+    if not items:
+        raise ValueError("collate got an empty batch")
+    batch = {}
+    for key in ("latents", "prompt_embeds", "prompt_attention_mask"):
+        shapes = sorted({tuple(it[key].shape) for it in items})
+        if len(shapes) > 1:
+            raise ValueError(
+                f"cannot batch {key} of different shapes {shapes}; sample with ShapeBucketSampler so a "
+                "batch holds one shape"
+            )
+        batch[key] = torch.stack([it[key] for it in items])
+    batch["caption"] = [it["caption"] for it in items]
+    batch["index"] = torch.tensor([it["index"] for it in items], dtype=torch.long)
+    return batch
+
+
+# --- the sampler ---------------------------------------------------------------------------------
+def epoch_seed(seed: int, epoch: int) -> int:
+    # A hash rather than seed + epoch, so runs with nearby seeds do not share epochs.
+    digest = hashlib.sha256(f"{seed}:{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def group_buckets(keys: Sequence[Hashable]) -> dict[Hashable, list[int]]:
+    """Indices per key, buckets in a fixed order (by repr, which works for any key)."""
+    buckets: dict[Hashable, list[int]] = {}
+    for i, key in enumerate(keys):
+        buckets.setdefault(key, []).append(i)
+    return {key: buckets[key] for key in sorted(buckets, key=repr)}
+
+
+class ShapeBucketSampler:
+    """Infinite, resumable stream of same-shape batches (lists of indices) for one data-parallel rank.
+
+    ``source`` is a ``LatentDataset`` (its ``bucket_keys()`` are used) or a sequence of one hashable
+    bucket key per item. Use one iterator at a time: iterating advances the position that
+    ``state_dict()`` reports.
+    """
+
+    def __init__(
+        self,
+        source: LatentDataset | Sequence[Hashable],
+        *,
+        batch_size: int,
+        dp_rank: int = 0,
+        dp_size: int = 1,
+        seed: int = 0,
+    ):
+        if batch_size < 1 or dp_size < 1 or not 0 <= dp_rank < dp_size:
+            raise ValueError(
+                f"need batch_size >= 1, dp_size >= 1 and 0 <= dp_rank < dp_size "
+                f"(got batch_size={batch_size}, dp_rank={dp_rank}, dp_size={dp_size})"
+            )
+        keys = source.bucket_keys() if hasattr(source, "bucket_keys") else list(source)
+        self.batch_size, self.dp_rank, self.dp_size, self.seed = batch_size, dp_rank, dp_size, seed
+        self.num_items = len(keys)
+        self.buckets = group_buckets(keys)
+        self.batches_per_epoch = sum(len(idx) // self.global_batch for idx in self.buckets.values())
+        self._check_buckets()
+        self.epoch, self.batch = 0, 0
+        self._cached: tuple[int, list[list[int]]] | None = None
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.dp_size
+
+    def _check_buckets(self) -> None:
+        small = {key: len(idx) for key, idx in self.buckets.items() if len(idx) < self.global_batch}
+        if not small:
+            return
+        sizes = "; ".join(f"{key}: {n} items" for key, n in small.items())
+        need = f"{self.global_batch} items (batch_size {self.batch_size} x dp_size {self.dp_size})"
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"no batch can be formed: a batch needs {need} of one shape, but {sizes}. Lower "
+                "--train_batch_size, use fewer data-parallel ranks, or preprocess more items"
+            )
+        warnings.warn(f"shape buckets smaller than {need} are never sampled: {sizes}", stacklevel=2)
+
+    def __len__(self) -> int:
+        """Batches per epoch for this rank (the same on every rank)."""
+        return self.batches_per_epoch
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """This rank's batches of ``epoch``, in order (a pure function of the settings and epoch)."""
+        if self._cached is not None and self._cached[0] == epoch:
+            return self._cached[1]
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        global_batches = []
+        for idx in self.buckets.values():
+            perm = torch.randperm(len(idx), generator=g).tolist()
+            usable = len(idx) // self.global_batch * self.global_batch
+            shuffled = [idx[p] for p in perm[:usable]]
+            global_batches += [
+                shuffled[s : s + self.global_batch] for s in range(0, usable, self.global_batch)
+            ]
+        # Interleave buckets; every rank draws the same order, so all hold one shape at each step.
+        order = torch.randperm(len(global_batches), generator=g).tolist()
+        lo = self.dp_rank * self.batch_size
+        batches = [global_batches[o][lo : lo + self.batch_size] for o in order]
+        self._cached = (epoch, batches)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        while True:
+            batches = self.epoch_batches(self.epoch)
+            batch = batches[self.batch]
+            # Advance before yielding: state_dict() taken after k batches resumes at batch k.
+            self.batch += 1
+            if self.batch == len(batches):
+                self.epoch, self.batch = self.epoch + 1, 0
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "dp_size": self.dp_size,
+            "num_items": self.num_items,
+            "batches_per_epoch": self.batches_per_epoch,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a saved position; refuses a state saved with other settings or data."""
+        mine = self.state_dict()
+        changed = [
+            f"{k} {state.get(k)} -> {mine[k]}"
+            for k in ("seed", "batch_size", "dp_size", "num_items", "batches_per_epoch")
+            if state.get(k) != mine[k]
+        ]
+        if changed:
+            raise ValueError(
+                f"the sampler state was saved with other settings or data ({'; '.join(changed)}); "
+                "resume with the same seed, batch size, data-parallel size and dataset"
+            )
+        if not 0 <= state["batch"] < self.batches_per_epoch or state["epoch"] < 0:
+            raise ValueError(f"invalid sampler position epoch={state['epoch']} batch={state['batch']}")
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])

@@ -1,0 +1,44 @@
+r"""Fine-tune a video DiT (full weights) with FSDP2 + Ulysses sequence parallelism.
+
+    torchrun --standalone --nproc_per_node 2 -m fastvideo.train --sp_size 2 \
+        --model_path data/tiny-mochi --data_json_path data/processed --output_dir outputs/finetune
+
+or ``bash scripts/finetune_mochi.sh`` (the same, configured by environment variables); on a laptop
+``python -m fastvideo.train`` runs one process on the embedded tiny model. Writes sharded
+checkpoints, ``metrics.jsonl``, ``loss_curve.png``, validation videos and a diffusers-format
+``transformer/`` to ``--output_dir``. ``--resume_from_checkpoint latest`` continues exactly.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from fastvideo.cli import parse_config
+from fastvideo.parallel.process_group import distributed
+from fastvideo.training.config import TrainConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = parse_config(TrainConfig, argv, description=__doc__)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    from fastvideo.training.trainer import Trainer, TrainingError
+
+    with distributed() as dist_info:
+        try:
+            Trainer(cfg, dist_info).run()
+        except (ValueError, FileNotFoundError) as err:
+            if dist_info.is_main:
+                print(f"error: {err}", file=sys.stderr)
+            return 2
+        except TrainingError as err:
+            if dist_info.is_main:
+                print(f"error: {err}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

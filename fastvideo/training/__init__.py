@@ -1,0 +1,1 @@
+"""Training: configuration, trainer, EMA, metrics, checkpoints, validation and export."""

@@ -1,0 +1,70 @@
+"""Moving whole weights in and out of a sharded DiT.
+
+``load_transformer_weights`` reads a diffusers ``transformer/`` folder (one safetensors file or a
+sharded index) on rank 0 and hands every rank its shards (``broadcast_from_rank0``), so only one
+full copy is ever in memory. ``export_transformer`` gathers the full weights to rank 0 and writes a
+diffusers folder (``config.json`` + safetensors via ``save_pretrained``) that
+``MochiTransformer3DModel.from_pretrained`` and ``MochiPipeline`` load; it is written to a
+temporary folder and renamed when whole.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    set_model_state_dict,
+)
+
+from fastvideo.parallel.process_group import DistInfo
+
+
+def read_safetensors_folder(folder: Path) -> dict[str, torch.Tensor]:
+    index = folder / "diffusion_pytorch_model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    else:
+        files = [p.name for p in folder.glob("*.safetensors")]
+    if not files:
+        raise FileNotFoundError(f"no safetensors weights in {folder}")
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        state.update(load_file(folder / name))
+    return state
+
+
+def load_transformer_weights(
+    model: torch.nn.Module, folder: Path, dist_info: DistInfo, dtype: torch.dtype
+) -> None:
+    distributed = dist_info.world_size > 1
+    full = {}
+    if dist_info.is_main or not distributed:
+        full = {k: v.to(dtype) for k, v in read_safetensors_folder(folder).items()}
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=distributed, strict=True)
+    set_model_state_dict(model, full, options=options)
+
+
+def export_transformer(model: torch.nn.Module, adapter, out: Path, dist_info: DistInfo) -> Path:
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = get_model_state_dict(model, options=options)
+    if dist_info.is_main:
+        with torch.device("meta"):
+            clean = adapter.transformer_class().from_config(adapter.transformer_config())
+        clean.load_state_dict(state, assign=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
+        try:
+            clean.save_pretrained(staging, safe_serialization=True)
+            shutil.rmtree(out, ignore_errors=True)
+            staging.rename(out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    dist_info.barrier()
+    return out

@@ -1,0 +1,363 @@
+"""The fine-tuning trainer: one class with short named steps.
+
+    setup -> train -> train_step -> forward_backward_step -> validate -> save_checkpoint -> export -> cleanup
+
+The DiT is a plain diffusers module. ``setup`` builds it on the meta device, installs the
+family's sequence-parallel plan, activation checkpointing and FSDP2 (in that order), then
+materialises it and loads the weights (rank 0 reads them, the others receive their shards), so no
+rank ever holds more than one full copy.
+
+Determinism: the noise, noise level and caption dropout of every sample come from a generator
+seeded by (seed, step, micro-step, the sample's position in the global batch), so a run is a
+function of its config alone: the same on resume, and the same under any data/sequence-parallel
+layout (ranks of one SP group draw identical numbers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from tqdm import tqdm
+
+from fastvideo.dataset.latent_dataset import LatentDataset, ShapeBucketSampler, collate
+from fastvideo.io import atomic_write_json
+from fastvideo.models import ModelAdapter, get_adapter_class
+from fastvideo.parallel.checkpointing import extrapolate_profile, profile_activations, resolve_policy
+from fastvideo.parallel.dims import ParallelDims
+from fastvideo.parallel.fsdp import apply_fsdp
+from fastvideo.parallel.process_group import DistInfo
+from fastvideo.training.checkpoint import CheckpointManager, rng_state, set_rng_state
+from fastvideo.training.config import TrainConfig
+from fastvideo.training.ema import EMA
+from fastvideo.training.export import export_transformer, load_transformer_weights
+from fastvideo.training.flow_matching import add_noise, sample_sigmas, velocity_target
+from fastvideo.training.metrics import MetricsLogger, format_postfix
+from fastvideo.training.validation import run_validation
+
+
+class TrainingError(RuntimeError):
+    """A run that must stop (non-finite loss, ...); the message is for the user."""
+
+
+def sample_generator(seed: int, step: int, micro: int, sample: int) -> torch.Generator:
+    # A distinct, reproducible stream per (step, micro-step, global sample position).
+    return torch.Generator().manual_seed(hash((seed, step, micro, sample)) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, dist_info: DistInfo):
+        self.cfg = cfg
+        self.dist = dist_info
+        self.step = 0
+
+    # --- setup ----------------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.adapter: ModelAdapter = get_adapter_class(cfg.model_type)(
+            cfg.model_path, device=self.dist.device
+        )
+        self.dims = ParallelDims(
+            dp_replicate=cfg.dp_replicate,
+            dp_shard=cfg.dp_shard,
+            sp=cfg.sp_size,
+            world_size=self.dist.world_size,
+            device_type=self.dist.device.type,
+        )
+        self.dims.validate_model(self.adapter.transformer_config()["num_attention_heads"])
+        self.dataset = LatentDataset(cfg.data_json_path)
+        self.dp_rank = self.dims.dp_mesh.get_local_rank() if self.dist.world_size > 1 else 0
+        self.sampler = ShapeBucketSampler(
+            self.dataset,
+            batch_size=cfg.train_batch_size,
+            dp_rank=self.dp_rank,
+            dp_size=self.dims.dp_size,
+            seed=cfg.seed,
+        )
+        self.model = self.build_model()
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            self.trainable,
+            lr=cfg.learning_rate,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+            eps=cfg.adam_eps,
+            weight_decay=cfg.weight_decay,
+        )
+        from diffusers.optimization import get_scheduler
+
+        self.lr_scheduler = get_scheduler(
+            cfg.lr_scheduler,
+            optimizer=self.optimizer,
+            num_warmup_steps=cfg.lr_warmup_steps,
+            num_training_steps=cfg.max_train_steps,
+        )
+        self.ema = (
+            EMA(self.model, decay=cfg.ema_decay, start_step=cfg.ema_start_step) if cfg.use_ema else None
+        )
+        self.checkpoints = CheckpointManager(
+            cfg.output_dir, self.dist, keep_last=cfg.checkpoints_total_limit or None
+        )
+        resumed = self.maybe_resume()
+        self.logger = MetricsLogger(
+            cfg.output_dir,
+            enabled=self.dist.is_main,
+            report_to=cfg.report_to,
+            run_name=Path(cfg.output_dir).name,
+            config=vars(cfg),
+            resume=resumed,
+        )
+        if resumed:
+            self.logger.truncate_after(self.step)
+        if self.dist.is_main:
+            atomic_write_json(vars(cfg), Path(cfg.output_dir) / "train_config.json")
+
+    def compute_dtype(self) -> torch.dtype:
+        mode = self.cfg.mixed_precision
+        if mode == "auto":
+            mode = "bf16" if self.dist.device.type == "cuda" else "fp32"
+        return torch.bfloat16 if mode == "bf16" else torch.float32
+
+    def build_model(self) -> torch.nn.Module:
+        cfg = self.cfg
+        master = torch.bfloat16 if cfg.master_weight_type == "bf16" else torch.float32
+        with torch.device("meta"):
+            model = self.adapter.transformer_class().from_config(self.adapter.transformer_config())
+            if master != torch.float32:
+                model = model.to(master)
+        if self.dims.sp_enabled:
+            self.adapter.enable_sequence_parallel(model, self.dims.sp_mesh.get_group())
+        blocks = self.adapter.transformer_blocks(model)
+        self.ac_blocks = self.checkpoint_policy(model).apply(model)
+        if self.dist.world_size > 1:
+            compute = self.compute_dtype()
+            apply_fsdp(
+                model,
+                blocks,
+                mesh=self.dims.fsdp_mesh,
+                param_dtype=compute if compute != master else None,
+                reduce_dtype=torch.float32,
+                cpu_offload=cfg.cpu_offload,
+            )
+        model.to_empty(device="cpu" if cfg.cpu_offload else self.dist.device)
+        load_transformer_weights(model, self.adapter.model_path / "transformer", self.dist, dtype=master)
+        return model.train()
+
+    def checkpoint_policy(self, model):
+        spec = self.cfg.activation_checkpointing
+        if spec != "auto":
+            return resolve_policy(spec)
+        budget = int(self.cfg.ac_budget_gb * 2**30)
+        return resolve_policy(
+            spec,
+            budget_bytes=budget,
+            profile=self.probe_activations(len(self.adapter.transformer_blocks(model))),
+        )
+
+    def probe_activations(self, depth: int):
+        """Size the activations of a 2-block copy of the DiT on the real device, batch shape and dtype."""
+        config = {**self.adapter.transformer_config(), "num_layers": 2}
+        probe_model = (
+            self.adapter.transformer_class().from_config(config).to(self.dist.device, self.compute_dtype())
+        )
+        if self.dims.sp_enabled:
+            self.adapter.enable_sequence_parallel(probe_model, self.dims.sp_mesh.get_group())
+        item, b, device = self.dataset[0], self.cfg.train_batch_size, self.dist.device
+        latents = torch.zeros(b, *item["latents"].shape, device=device, dtype=self.compute_dtype())
+        embeds = torch.zeros(b, *item["prompt_embeds"].shape, device=device, dtype=self.compute_dtype())
+        mask = torch.ones(b, item["prompt_attention_mask"].shape[0], dtype=torch.bool, device=device)
+        sigmas = torch.full((b,), 0.5, device=device)
+
+        def forward():
+            return self.adapter.predict_velocity(probe_model, latents, sigmas, embeds, mask)
+
+        return extrapolate_profile(profile_activations(probe_model, forward), depth)
+
+    def maybe_resume(self) -> bool:
+        if not self.cfg.resume_from_checkpoint:
+            return False
+        path = self.checkpoints.find(self.cfg.resume_from_checkpoint)
+        if path is None:
+            if self.dist.is_main:
+                print(f"no complete checkpoint under {self.checkpoints.root}; starting from step 0")
+            return False
+        rank_state = self.checkpoints.load(path, self.app_state())
+        self.restore_app_state()
+        self.step = rank_state["step"]
+        self.lr_scheduler.load_state_dict(rank_state["lr_scheduler"])
+        self.sampler.load_state_dict(rank_state["sampler"])
+        set_rng_state(rank_state["rng"])
+        if self.dist.is_main:
+            print(f"resumed from {path} at step {self.step}")
+        return True
+
+    # --- state ----------------------------------------------------------------------------------
+    def app_state(self) -> dict:
+        """The sharded tensors DCP saves and loads in place."""
+        self._app_state = {
+            "model": get_model_state_dict(self.model),
+            "optimizer": get_optimizer_state_dict(self.model, self.optimizer),
+        }
+        if self.ema is not None:
+            self._app_state["ema"] = self.ema.state_dict()
+        return self._app_state
+
+    def restore_app_state(self) -> None:
+        state = self._app_state
+        set_model_state_dict(self.model, state["model"])
+        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+
+    def rank_state(self) -> dict:
+        return {
+            "step": self.step,
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": rng_state(),
+        }
+
+    # --- training -------------------------------------------------------------------------------
+    def train(self) -> None:
+        cfg = self.cfg
+        batches = iter(self.sampler)
+        bar = tqdm(
+            total=cfg.max_train_steps,
+            initial=self.step,
+            desc="train",
+            disable=not self.dist.is_main,
+            dynamic_ncols=True,
+        )
+        while self.step < cfg.max_train_steps:
+            metrics = self.train_step(batches)
+            bar.update(1)
+            bar.set_postfix_str(format_postfix(**metrics))
+            if cfg.checkpointing_steps and self.step % cfg.checkpointing_steps == 0:
+                self.save_checkpoint()
+            if cfg.validation_steps and self.step % cfg.validation_steps == 0:
+                self.validate()
+        bar.close()
+        if not cfg.checkpointing_steps or self.step % cfg.checkpointing_steps:
+            self.save_checkpoint()
+
+    def train_step(self, batches) -> dict:
+        cfg = self.cfg
+        started = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum, tokens = 0.0, 0
+        for micro in range(cfg.gradient_accumulation_steps):
+            batch = collate([self.dataset[i] for i in next(batches)])
+            loss_sum += self.forward_backward_step(batch, micro)
+            tokens += self.tokens_in(batch["latents"])
+        grad_norm = self.clip_gradients()
+        loss = self.mean_over_dp(loss_sum / cfg.gradient_accumulation_steps)
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            raise TrainingError(
+                f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} at step {self.step + 1} "
+                f"(loss {loss}, grad norm {grad_norm}); stopped before the optimizer step, so no checkpoint holds "
+                "it. Lower --learning_rate or check the data."
+            )
+        self.optimizer.step()
+        lr = self.lr_scheduler.get_last_lr()[0]
+        self.lr_scheduler.step()
+        self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.step)
+        step_time = time.perf_counter() - started
+        metrics = {
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "step_time": step_time,
+            "tokens_per_s": tokens * self.dims.dp_size / step_time,
+        }
+        self.logger.log(self.step, **metrics)
+        return metrics
+
+    def forward_backward_step(self, batch: dict, micro: int) -> float:
+        cfg = self.cfg
+        device = self.dist.device
+        latents = batch["latents"].to(device, torch.float32)
+        embeds = batch["prompt_embeds"].to(device, torch.float32)
+        mask = batch["prompt_attention_mask"].to(device)
+        noise, sigmas = torch.empty_like(latents, device="cpu"), torch.empty(len(latents))
+        for j in range(len(latents)):
+            g = sample_generator(cfg.seed, self.step, micro, self.dp_rank * cfg.train_batch_size + j)
+            noise[j] = torch.randn(latents.shape[1:], generator=g)
+            sigmas[j] = sample_sigmas(
+                1, scheme=cfg.weighting_scheme, logit_mean=cfg.logit_mean, logit_std=cfg.logit_std,
+                mode_scale=cfg.mode_scale, shift=cfg.shift, generator=g,
+            )[0]  # fmt: skip
+            if torch.rand((), generator=g) < cfg.cfg:
+                # The unconditional input: a zero embedding with an empty mask (as FastVideo's Mochi).
+                embeds[j] = 0
+                mask[j] = False
+        noise, sigmas = noise.to(device), sigmas.to(device)
+        noisy = add_noise(latents, noise, sigmas)
+        with torch.autocast(
+            device.type, dtype=self.compute_dtype(), enabled=self.compute_dtype() != torch.float32
+        ):
+            pred = self.adapter.predict_velocity(self.model, noisy, sigmas, embeds, mask)
+        loss = F.mse_loss(pred.float(), velocity_target(latents, noise))
+        (loss / cfg.gradient_accumulation_steps).backward()
+        return loss.item()
+
+    def tokens_in(self, latents: torch.Tensor) -> int:
+        """Transformer tokens in a latent batch [B, C, T, h, w] (after spatial patchify)."""
+        b, c = latents.shape[:2]
+        return latents.numel() // c // self.adapter.rules.patch_size**2
+
+    def clip_gradients(self) -> float:
+        max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm, foreach=True)
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        return float(norm)
+
+    def mean_over_dp(self, value: float) -> float:
+        if self.dist.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.dist.device)
+        dist.all_reduce(t)  # SP ranks of a group hold the same value: divide by the world size
+        return float(t.item()) / self.dist.world_size
+
+    # --- validation, checkpoints, export ----------------------------------------------------------
+    def validate(self) -> None:
+        out = Path(self.cfg.output_dir) / "validation" / f"step-{self.step:08d}"
+        with self.ema.swapped_into(self.model) if self.ema is not None else contextlib.nullcontext():
+            self.model.eval()
+            run_validation(self, out)
+            self.model.train()
+
+    def save_checkpoint(self) -> None:
+        path = self.checkpoints.save(self.step, self.app_state(), self.rank_state())
+        if self.dist.is_main:
+            print(f"saved checkpoint {path}")
+
+    def export(self) -> None:
+        out = Path(self.cfg.output_dir)
+        export_transformer(self.model, self.adapter, out / "transformer", self.dist)
+        if self.ema is not None:
+            with self.ema.swapped_into(self.model):
+                export_transformer(self.model, self.adapter, out / "transformer_ema", self.dist)
+
+    def cleanup(self) -> None:
+        self.logger.close()
+
+    def run(self) -> None:
+        self.setup()
+        try:
+            self.train()
+            self.export()
+        finally:
+            self.cleanup()

@@ -17,6 +17,7 @@ from fastvideo.parallel.checkpointing import (
     SelectiveCheckpointing,
     blocks_for_fraction,
     choose_blocks_for_budget,
+    extrapolate_profile,
     profile_activations,
     resolve_policy,
     saved_tensor_bytes,
@@ -322,3 +323,17 @@ def test_rejects_diffusers_gradient_checkpointing():
     with pytest.raises(ValueError, match="gradient checkpointing"):
         resolve_policy("all").apply(model)
     assert wrapped_indices(model) == []
+
+
+def test_profile_extrapolated_from_two_blocks_predicts_the_deep_model(inputs, profile):
+    """The trainer sizes a deep model from a 2-block copy; predictions must hold for the real depth."""
+    torch.manual_seed(0)
+    shallow = MochiTransformer3DModel(**{**TINY, "num_layers": 2})
+    estimate = extrapolate_profile(profile_activations(shallow, lambda: forward(shallow, inputs)), 4)
+    assert estimate.num_blocks == 4
+    for wrapped in ([], [0], [0, 2], [0, 1, 2, 3]):
+        real = profile.predict(wrapped)
+        # Errs high (shared storages counted per block), never low, and stays close.
+        assert real <= estimate.predict(wrapped) <= 1.3 * real, wrapped
+    with pytest.raises(ValueError, match="at least 2 blocks"):
+        extrapolate_profile(ActivationProfile({}, frozenset(), (frozenset(),), (frozenset(),)), 4)

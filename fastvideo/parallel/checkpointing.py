@@ -417,7 +417,9 @@ def resolve_policy(
         return SelectiveCheckpointing(fraction=1.0, blocks_attr=blocks_attr)
     if text == "auto":
         if budget_bytes is None or (example_forward is None and profile is None):
-            raise ValueError("activation checkpointing 'auto' needs a memory budget and an example forward or profile")
+            raise ValueError(
+                "activation checkpointing 'auto' needs a memory budget and an example forward or profile"
+            )
         if profile is not None:
             return AutoCheckpointing(budget_bytes, profile=profile, blocks_attr=blocks_attr)
         return AutoCheckpointing(budget_bytes, probe=example_forward, blocks_attr=blocks_attr)
@@ -438,9 +440,11 @@ def resolve_policy(
 def extrapolate_profile(probe: ActivationProfile, depth: int) -> ActivationProfile:
     """A ``depth``-block profile from a probe of a shallower copy of the model (>= 2 blocks).
 
-    The probe's last block stands for every block (its inputs are a block's outputs, as for all
-    blocks but the first), so a full-depth model never has to exist to size its activations: the
-    trainer probes a 2-block copy on the real device and shape, then plans for all blocks.
+    The probe's first block stands for every block but the last, and its last block for the last
+    (a family's final block can differ, e.g. Mochi's drops the text stream). Storages shared
+    between blocks are counted per block, so the estimate errs high, never low: the trainer probes
+    a 2-block copy on the real device and shape, then plans for all blocks without ever building
+    the full-depth model unsharded.
     """
     if probe.num_blocks < 2:
         raise ValueError("extrapolate_profile needs a probe of at least 2 blocks")
@@ -448,10 +452,11 @@ def extrapolate_profile(probe: ActivationProfile, depth: int) -> ActivationProfi
     def total(keys) -> int:
         return sum(probe.sizes[k] for k in keys if k not in probe.outside)
 
-    inside, inputs = total(probe.inside[-1]), total(probe.inputs[-1])
+    block_inside = [total(probe.inside[0])] * (depth - 1) + [total(probe.inside[-1])]
+    block_inputs = max(total(keys) for keys in probe.inputs)
     sizes = {0: sum(probe.sizes[k] for k in probe.outside)}
     for i in range(depth):
-        sizes[1 + 2 * i], sizes[2 + 2 * i] = inside, inputs
+        sizes[1 + 2 * i], sizes[2 + 2 * i] = block_inside[i], block_inputs
     return ActivationProfile(
         sizes=sizes,
         outside=frozenset({0}),

@@ -76,6 +76,10 @@ class Trainer:
             device_type=self.dist.device.type,
         )
         self.dims.validate_model(self.adapter.transformer_config()["num_attention_heads"])
+        if cfg.cpu_offload and self.dist.device.type != "cuda":
+            raise ValueError(
+                "--cpu_offload keeps FSDP shards in host memory between GPU uses; it needs CUDA GPUs"
+            )
         self.dataset = LatentDataset(cfg.data_json_path)
         self.dp_rank = self.dims.dp_mesh.get_local_rank() if self.dist.world_size > 1 else 0
         self.sampler = ShapeBucketSampler(
@@ -139,6 +143,8 @@ class Trainer:
             self.adapter.enable_sequence_parallel(model, self.dims.sp_mesh.get_group())
         blocks = self.adapter.transformer_blocks(model)
         self.ac_blocks = self.checkpoint_policy(model).apply(model)
+        if self.dist.is_main and cfg.activation_checkpointing != "none":
+            print(f"activation checkpointing: blocks {self.ac_blocks} of {len(blocks)}")
         if self.dist.world_size > 1:
             compute = self.compute_dtype()
             apply_fsdp(

@@ -5,6 +5,6 @@
 See ``fastvideo.dataset.latent_dataset`` for the layout read and the sampling guarantees.
 """
 
-from fastvideo.dataset.latent_dataset import LatentDataset, ShapeBucketSampler, collate
+from fastvideo.dataset.latent_dataset import BatchPrefetcher, LatentDataset, ShapeBucketSampler, collate
 
-__all__ = ["LatentDataset", "ShapeBucketSampler", "collate"]
+__all__ = ["BatchPrefetcher", "LatentDataset", "ShapeBucketSampler", "collate"]

@@ -30,6 +30,7 @@ import hashlib
 import json
 import warnings
 from collections.abc import Hashable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -297,3 +298,35 @@ class ShapeBucketSampler:
         if not 0 <= state["batch"] < self.batches_per_epoch or state["epoch"] < 0:
             raise ValueError(f"invalid sampler position epoch={state['epoch']} batch={state['batch']}")
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+
+
+class BatchPrefetcher:
+    """Loads the next batch in a background thread while the current step computes.
+
+    ``state_dict()`` is the sampler position after the batches handed out so far (not counting
+    the one being prefetched), so a checkpoint resumes with exactly the next unconsumed batch.
+    """
+
+    def __init__(self, sampler: ShapeBucketSampler, dataset: LatentDataset):
+        self.sampler, self.dataset = sampler, dataset
+        self._batches = iter(sampler)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+        self._pending: Future | None = None
+        self._resume_state = sampler.state_dict()
+
+    def _load(self, indices: list[int]) -> dict:
+        return collate([self.dataset[i] for i in indices])
+
+    def next(self) -> dict:
+        if self._pending is None:
+            self._pending = self._pool.submit(self._load, next(self._batches))
+        batch = self._pending.result()
+        self._resume_state = self.sampler.state_dict()
+        self._pending = self._pool.submit(self._load, next(self._batches))
+        return batch
+
+    def state_dict(self) -> dict:
+        return dict(self._resume_state)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

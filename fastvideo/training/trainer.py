@@ -31,7 +31,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from tqdm import tqdm
 
-from fastvideo.dataset.latent_dataset import LatentDataset, ShapeBucketSampler, collate
+from fastvideo.dataset.latent_dataset import BatchPrefetcher, LatentDataset, ShapeBucketSampler
 from fastvideo.io import atomic_write_json
 from fastvideo.models import ModelAdapter, get_adapter_class
 from fastvideo.parallel.checkpointing import extrapolate_profile, profile_activations, resolve_policy
@@ -113,6 +113,7 @@ class Trainer:
             cfg.output_dir, self.dist, keep_last=cfg.checkpoints_total_limit or None
         )
         resumed = self.maybe_resume()
+        self.batches = BatchPrefetcher(self.sampler, self.dataset)
         self.logger = MetricsLogger(
             cfg.output_dir,
             enabled=self.dist.is_main,
@@ -229,14 +230,13 @@ class Trainer:
         return {
             "step": self.step,
             "lr_scheduler": self.lr_scheduler.state_dict(),
-            "sampler": self.sampler.state_dict(),
+            "sampler": self.batches.state_dict(),
             "rng": rng_state(),
         }
 
     # --- training -------------------------------------------------------------------------------
     def train(self) -> None:
         cfg = self.cfg
-        batches = iter(self.sampler)
         bar = tqdm(
             total=cfg.max_train_steps,
             initial=self.step,
@@ -245,7 +245,7 @@ class Trainer:
             dynamic_ncols=True,
         )
         while self.step < cfg.max_train_steps:
-            metrics = self.train_step(batches)
+            metrics = self.train_step()
             bar.update(1)
             bar.set_postfix_str(format_postfix(**metrics))
             if cfg.checkpointing_steps and self.step % cfg.checkpointing_steps == 0:
@@ -256,13 +256,13 @@ class Trainer:
         if not cfg.checkpointing_steps or self.step % cfg.checkpointing_steps:
             self.save_checkpoint()
 
-    def train_step(self, batches) -> dict:
+    def train_step(self) -> dict:
         cfg = self.cfg
         started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, tokens = 0.0, 0
         for micro in range(cfg.gradient_accumulation_steps):
-            batch = collate([self.dataset[i] for i in next(batches)])
+            batch = self.batches.next()
             loss_sum += self.forward_backward_step(batch, micro)
             tokens += self.tokens_in(batch["latents"])
         grad_norm = self.clip_gradients()
@@ -358,6 +358,7 @@ class Trainer:
                 export_transformer(self.model, self.adapter, out / "transformer_ema", self.dist)
 
     def cleanup(self) -> None:
+        self.batches.close()
         self.logger.close()
 
     def run(self) -> None:

@@ -76,20 +76,21 @@ def cli_env_module(repo_root):
 
 
 @pytest.mark.parametrize(
-    ("layout", "batch"),
+    ("nproc", "layout", "batch"),
     [
-        (["--sp_size", 1], 1),  # FSDP over 2 ranks, each one sample
-        (["--dp_replicate", 2, "--dp_shard", 1], 1),  # HSDP 2x1
-        (["--sp_size", 2], 2),  # one SP group of 2 ranks splitting each sample's tokens
+        (2, ["--sp_size", 1], 1),  # FSDP over 2 ranks, each one sample
+        (2, ["--dp_replicate", 2, "--dp_shard", 1], 1),  # HSDP 2x1
+        (2, ["--sp_size", 2], 2),  # one SP group of 2 ranks splitting each sample's tokens
+        (4, ["--dp_replicate", 2, "--dp_shard", 1, "--sp_size", 2], 1),  # HSDP 2x1 x SP 2
     ],
-    ids=["fsdp2", "hsdp2x1", "sp2"],
+    ids=["fsdp2", "hsdp2x1", "sp2", "hsdp2x1-sp2"],
 )
-def test_two_rank_layouts_equal_one_process(
-    tmp_path, tiny_mochi, processed, cli_env_module, reference, layout, batch
+def test_parallel_layouts_equal_one_process(
+    tmp_path, tiny_mochi, processed, cli_env_module, reference, nproc, layout, batch
 ):
     out = tmp_path / "run"
     train(out, tiny_mochi, processed, cli_env_module, "--max_train_steps", 3, "--train_batch_size", batch, *layout,
-          nproc=2)  # fmt: skip
+          nproc=nproc)  # fmt: skip
     assert len(losses(out)) == 3
     assert_same_run(out, reference)
 

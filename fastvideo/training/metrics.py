@@ -119,6 +119,21 @@ class MetricsLogger:
         if self.wandb_run is not None:
             self.wandb_run.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=step)
 
+    def log_videos(self, step: int, folder: str | Path) -> None:
+        """Report the validation videos of ``step`` (all ranks have written theirs by now)."""
+        if not self.enabled:
+            return
+        videos = sorted(Path(folder).glob("*.mp4"))
+        print(f"validation at step {step}: {len(videos)} videos in {folder}")
+        if self.wandb_run is not None and videos:
+            import wandb
+
+            captions = [v.with_suffix(".txt").read_text(encoding="utf-8").strip() for v in videos]
+            clips = [
+                wandb.Video(str(v), caption=c, format="mp4") for v, c in zip(videos, captions, strict=True)
+            ]
+            self.wandb_run.log({"validation": clips}, step=step)
+
     def close(self) -> None:
         """Write loss_curve.png from the whole metrics.jsonl and finish wandb; safe to call twice."""
         if not self.enabled or self._file is None:

@@ -344,6 +344,7 @@ class Trainer:
             self.model.eval()
             run_validation(self, out)
             self.model.train()
+        self.logger.log_videos(self.step, out)
 
     def save_checkpoint(self) -> None:
         path = self.checkpoints.save(self.step, self.app_state(), self.rank_state())

@@ -10,6 +10,7 @@ from diffusers import MochiTransformer3DModel
 from diffusers.models.attention_processor import MochiAttnProcessor2_0
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 
+from fastvideo.models.tiny import TINY_MOCHI_DIT
 from fastvideo.parallel.checkpointing import (
     ActivationProfile,
     AutoCheckpointing,
@@ -27,17 +28,7 @@ from fastvideo.parallel.checkpointing import (
 # diffusers' MochiRoPE enters a float32 CPU autocast, which torch declines with a warning.
 pytestmark = pytest.mark.filterwarnings("ignore:In CPU autocast:UserWarning")
 
-TINY = dict(
-    patch_size=2,
-    num_attention_heads=4,
-    attention_head_dim=16,
-    num_layers=4,
-    pooled_projection_dim=32,
-    in_channels=12,
-    text_embed_dim=32,
-    time_embed_dim=32,
-    max_sequence_length=256,
-)
+TINY = {**TINY_MOCHI_DIT, "num_layers": 4}
 
 
 def tiny_model() -> MochiTransformer3DModel:

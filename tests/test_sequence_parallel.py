@@ -17,19 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from fastvideo.models.tiny import TINY_MOCHI_DIT
+
 WORLD = 2
 TOL = 1e-5
-TINY_MOCHI = dict(
-    patch_size=2,
-    num_attention_heads=4,
-    attention_head_dim=16,
-    num_layers=2,
-    pooled_projection_dim=32,
-    in_channels=12,
-    text_embed_dim=32,
-    time_embed_dim=32,
-    max_sequence_length=256,
-)
 # (T, H, W) latent shapes -> tokens T * H/2 * W/2: 32 (even), 27 (odd: needs padding), 12 (odd T).
 SHAPES = {"even": (2, 8, 8), "odd_tokens": (3, 6, 6), "odd_frames": (3, 4, 4)}
 CHECKPOINT_VARIANTS = ("wrap_after_enable", "wrap_before_enable", "diffusers_gradient_checkpointing")
@@ -53,7 +44,7 @@ def _build_mochi(**overrides):
     from diffusers import MochiTransformer3DModel
 
     torch.manual_seed(0)
-    model = MochiTransformer3DModel(**{**TINY_MOCHI, **overrides}).float()
+    model = MochiTransformer3DModel(**{**TINY_MOCHI_DIT, **overrides}).float()
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         # Default init leaves pos_frequencies at 0 (RoPE = identity): perturb everything so RoPE
@@ -70,8 +61,8 @@ def _inputs(shape: tuple[int, int, int]) -> dict:
     mask[0, :5] = True
     mask[1, [0, 2, 3]] = True  # a different count, and not a prefix
     return dict(
-        hidden_states=torch.randn(2, TINY_MOCHI["in_channels"], t, h, w, generator=gen),
-        encoder_hidden_states=torch.randn(2, 8, TINY_MOCHI["text_embed_dim"], generator=gen),
+        hidden_states=torch.randn(2, TINY_MOCHI_DIT["in_channels"], t, h, w, generator=gen),
+        encoder_hidden_states=torch.randn(2, 8, TINY_MOCHI_DIT["text_embed_dim"], generator=gen),
         timestep=torch.tensor([250.0, 700.0]),
         encoder_attention_mask=mask,
     )
@@ -402,7 +393,7 @@ def test_local_loss_helper_gives_exact_gradients(sp):
 def test_activation_checkpointing(sp, variant):
     res = sp[f"ckpt_{variant}"]
     _assert_matches_single_process(res)
-    assert res["block_calls"] == 2 * TINY_MOCHI["num_layers"], "blocks were not recomputed"
+    assert res["block_calls"] == 2 * TINY_MOCHI_DIT["num_layers"], "blocks were not recomputed"
 
 
 @pytest.mark.slow

@@ -10,12 +10,17 @@ so precomputed latents live in the same space the transformer samples in.
 from __future__ import annotations
 
 import json
+import warnings
 
 import torch
 from diffusers import AutoencoderKLMochi, MochiPipeline, MochiTransformer3DModel
 from transformers import T5EncoderModel, T5TokenizerFast
 
 from fastvideo.models.base import ModelAdapter, VideoRules
+
+# diffusers' Mochi RoPE opens a float32 autocast region, which CPU autocast declines with a warning
+# on every forward; the computation is fp32 either way.
+warnings.filterwarnings("ignore", message="In CPU autocast, but the target dtype is not supported")
 
 
 class MochiAdapter(ModelAdapter):

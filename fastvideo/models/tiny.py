@@ -32,6 +32,20 @@ _WORDS = (
 _CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:!?'\"-()/"
 
 
+# The one tiny Mochi DiT config: the embedded model and every test that builds a DiT use it.
+TINY_MOCHI_DIT = dict(
+    patch_size=2,
+    num_attention_heads=4,
+    attention_head_dim=16,
+    num_layers=2,
+    pooled_projection_dim=32,
+    in_channels=12,
+    text_embed_dim=32,
+    time_embed_dim=32,
+    max_sequence_length=256,
+)
+
+
 def build_t5_tokenizer(model_max_length: int = 256):
     """A T5 tokenizer (pad=0, eos=1, unk=2, appends </s>) from a fixed Unigram vocabulary."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -84,17 +98,7 @@ def build_tiny_mochi(seed: int = 0):
         )
     )
     torch.manual_seed(seed + 1)
-    transformer = MochiTransformer3DModel(
-        patch_size=2,
-        num_attention_heads=4,
-        attention_head_dim=16,
-        num_layers=2,
-        pooled_projection_dim=32,
-        in_channels=12,
-        text_embed_dim=32,
-        time_embed_dim=32,
-        max_sequence_length=256,
-    )
+    transformer = MochiTransformer3DModel(**TINY_MOCHI_DIT)
     torch.manual_seed(seed + 2)
     # Same temporal (6x) and spatial (8x) compression as the real VAE, so latent shapes follow
     # the real rule; GroupNorm needs channel counts divisible by 32.

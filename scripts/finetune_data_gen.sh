@@ -23,6 +23,7 @@ TRAIN_FPS=${TRAIN_FPS:-30}
 NUM_GPUS=${NUM_GPUS:-1}
 NNODES=${NNODES:-1}
 VALIDATION_PROMPT_TXT=${VALIDATION_PROMPT_TXT:-assets/prompt.txt}
+ID_TOKEN=${ID_TOKEN:-}
 
 # The embedded defaults build themselves on first use, so this runs on a fresh machine.
 if [[ "$MODEL_PATH" == "data/tiny-$MODEL_TYPE" && ! -f "$MODEL_PATH/model_index.json" ]]; then
@@ -44,6 +45,6 @@ fi
 CMD=("${LAUNCH[@]}" -m fastvideo.data_preprocess.preprocess
   --model_type "$MODEL_TYPE" --model_path "$MODEL_PATH" "${SOURCE[@]}" --output_dir "$OUTPUT_DIR"
   --num_frames "$NUM_FRAMES" --height "$HEIGHT" --width "$WIDTH" --train_fps "$TRAIN_FPS"
-  --validation_prompt_txt "$VALIDATION_PROMPT_TXT" "$@")
+  --validation_prompt_txt "$VALIDATION_PROMPT_TXT" --id_token "$ID_TOKEN" "$@")
 echo "+ ${CMD[*]}"
 exec "${CMD[@]}"

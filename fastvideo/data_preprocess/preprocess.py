@@ -45,7 +45,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # Settings that change what is written: a re-run must match them to reuse finished files.
 OUTPUT_DEFINING = (
     "model_type", "model_path", "num_frames", "height", "width", "train_fps", "skip_frames_start",
-    "skip_frames_end", "frame_window", "crop", "seed", "latent_dtype", "embed_dtype",
+    "skip_frames_end", "frame_window", "crop", "seed", "latent_dtype", "embed_dtype", "id_token",
 )  # fmt: skip
 
 
@@ -83,6 +83,11 @@ class PreprocessConfig:
     """Seeds the random crop, per item, so a re-run crops identically."""
     validation_prompt_txt: str | None = None
     """One prompt per line; their embeddings go to OUTPUT_DIR/validation/."""
+    validation_prompts: str = ""
+    """More validation prompts in one string, split by validation_prompt_separator (CogVideoX-recipe style)."""
+    validation_prompt_separator: str = ":::"
+    id_token: str = ""
+    """Trigger word prepended to every caption and validation prompt before encoding (LoRA recipes)."""
     verify: int = 0
     """Decode this many latents back to mp4 (input | reconstruction) under OUTPUT_DIR/verify/."""
     strict: bool = False
@@ -280,12 +285,12 @@ def text_pass(cfg, adapter: ModelAdapter, items: list[Item], layout: Layout, dis
     embed_dtype = DTYPES[cfg.embed_dtype]
     batches = [todo[i : i + cfg.text_batch_size] for i in range(0, len(todo), cfg.text_batch_size)]
     for batch in progress(batches, dist_info, "Text encode", unit="batch"):
-        embeds, masks = adapter.encode_prompts([it.caption for it in batch])
+        embeds, masks = adapter.encode_prompts([with_id_token(cfg.id_token, it.caption) for it in batch])
         for item, embed, mask in zip(batch, embeds, masks, strict=True):
             atomic_torch_save(embed.to(embed_dtype).contiguous(), layout.embed_file(item))
             atomic_torch_save(mask.contiguous(), layout.mask_file(item))
     if prompts:
-        write_validation(adapter, prompts, layout, embed_dtype)
+        write_validation(adapter, [with_id_token(cfg.id_token, p) for p in prompts], layout, embed_dtype)
     adapter.unload_text_encoder()
 
 
@@ -382,11 +387,17 @@ def print_summary(report: dict, layout: Layout) -> None:
 
 
 # --- entry point ---------------------------------------------------------------------------------
-def read_prompts(path: str | None) -> list[str]:
-    if not path:
-        return []
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    return [line.strip() for line in lines if line.strip()]
+def with_id_token(id_token: str, caption: str) -> str:
+    return f"{id_token} {caption}" if id_token else caption
+
+
+def read_prompts(cfg: PreprocessConfig) -> list[str]:
+    prompts = []
+    if cfg.validation_prompt_txt:
+        prompts += Path(cfg.validation_prompt_txt).read_text(encoding="utf-8").splitlines()
+    if cfg.validation_prompts:
+        prompts += cfg.validation_prompts.split(cfg.validation_prompt_separator)
+    return [p.strip() for p in prompts if p.strip()]
 
 
 def run(cfg: PreprocessConfig, dist_info: DistInfo) -> int:
@@ -398,7 +409,7 @@ def run(cfg: PreprocessConfig, dist_info: DistInfo) -> int:
         caption_column=cfg.caption_column,
         video_column=cfg.video_column,
     )
-    prompts = read_prompts(cfg.validation_prompt_txt)
+    prompts = read_prompts(cfg)
     check_output_dir(cfg)
     dist_info.barrier()
     if dist_info.is_main:

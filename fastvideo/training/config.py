@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 from fastvideo.models import MODEL_TYPES
 from fastvideo.training.flow_matching import WEIGHTING_SCHEMES
+from fastvideo.training.lora import DEFAULT_TARGETS
 
+OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
 
@@ -31,6 +33,8 @@ class TrainConfig:
     """Samples per data-parallel rank per micro-step."""
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-5
+    optimizer: str = "adamw"
+    """adamw, adamw8bit (bitsandbytes, CUDA only) or prodigy (pip install prodigyopt; use lr 1.0)."""
     lr_scheduler: str = "constant"
     """One of diffusers' schedulers: constant, constant_with_warmup, linear, cosine, ..."""
     lr_warmup_steps: int = 0
@@ -65,6 +69,17 @@ class TrainConfig:
     """dtype of the sharded master weights and optimizer state: fp32 or bf16."""
     cpu_offload: bool = False
     """Keep sharded parameters, gradients and optimizer state in host memory (FSDP2 offload)."""
+    use_lora: bool = False
+    """Train LoRA adapters on a frozen base instead of all weights (exports lora/ instead of transformer/)."""
+    lora_rank: int = 128
+    lora_alpha: float = 256.0
+    """LoRA scale is alpha / rank."""
+    lora_target_modules: str = DEFAULT_TARGETS
+    """Comma-separated module names inside the transformer blocks, or re:<regex> over full module names."""
+    lora_base_dtype: str = "auto"
+    """dtype of the frozen base weights under LoRA: auto (the compute dtype: bf16 on GPU), bf16 or fp32."""
+    id_token: str = ""
+    """Trigger word the captions were prefixed with at preprocessing (ID_TOKEN); checked against the data."""
     use_ema: bool = False
     """Keep an EMA of the weights (sharded like them); validation and export also use it."""
     ema_decay: float = 0.999
@@ -112,5 +127,11 @@ class TrainConfig:
             raise ValueError("--report_to must be none or wandb")
         if self.activation_checkpointing == "auto" and self.ac_budget_gb <= 0:
             raise ValueError("--activation_checkpointing auto needs --ac_budget_gb > 0")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer must be one of {OPTIMIZERS}")
+        if self.use_lora and (self.lora_rank < 1 or self.lora_alpha <= 0):
+            raise ValueError("--lora_rank must be >= 1 and --lora_alpha > 0")
+        if self.lora_base_dtype not in ("auto", "bf16", "fp32"):
+            raise ValueError("--lora_base_dtype must be auto, bf16 or fp32")
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError("--ema_decay must be in (0, 1)")

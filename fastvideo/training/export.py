@@ -40,20 +40,32 @@ def read_safetensors_folder(folder: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_transformer_weights(
-    model: torch.nn.Module, folder: Path, dist_info: DistInfo, dtype: torch.dtype
-) -> None:
+def load_transformer_weights(model: torch.nn.Module, folder: Path, dist_info: DistInfo, prepare=None) -> None:
+    """Load ``folder``'s weights into the (possibly sharded) ``model``, each cast to its parameter's dtype.
+
+    ``prepare(full, targets)`` may rename or add entries first (e.g. fresh LoRA adapters); ``targets``
+    maps each of the model's state-dict names to its (sharded or meta) tensor.
+    """
     distributed = dist_info.world_size > 1
     full = {}
     if dist_info.is_main or not distributed:
-        full = {k: v.to(dtype) for k, v in read_safetensors_folder(folder).items()}
+        targets = get_model_state_dict(model)
+        full = read_safetensors_folder(folder)
+        if prepare is not None:
+            full = prepare(full, targets)
+        full = {k: v.to(targets[k].dtype) for k, v in full.items()}
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=distributed, strict=True)
     set_model_state_dict(model, full, options=options)
 
 
+def gather_full_state(model: torch.nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+    """The whole weights on rank 0 (CPU), empty elsewhere; ``trainable_only`` skips frozen ones."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only)
+    return get_model_state_dict(model, options=options)
+
+
 def export_transformer(model: torch.nn.Module, adapter, out: Path, dist_info: DistInfo) -> Path:
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    state = get_model_state_dict(model, options=options)
+    state = gather_full_state(model)
     if dist_info.is_main:
         with torch.device("meta"):
             clean = adapter.transformer_class().from_config(adapter.transformer_config())

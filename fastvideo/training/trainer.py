@@ -16,6 +16,7 @@ layout (ranks of one SP group draw identical numbers).
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
     set_model_state_dict,
@@ -41,10 +43,49 @@ from fastvideo.parallel.process_group import DistInfo
 from fastvideo.training.checkpoint import CheckpointManager, rng_state, set_rng_state
 from fastvideo.training.config import TrainConfig
 from fastvideo.training.ema import EMA
-from fastvideo.training.export import export_transformer, load_transformer_weights
+from fastvideo.training.export import export_transformer, gather_full_state, load_transformer_weights
 from fastvideo.training.flow_matching import add_noise, sample_sigmas, velocity_target
+from fastvideo.training.lora import add_lora, lora_weights, save_lora, with_lora_init
 from fastvideo.training.metrics import MetricsLogger, format_postfix
 from fastvideo.training.validation import run_validation
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def check_id_token(id_token: str, data_dir: Path) -> None:
+    """Captions are embedded at preprocessing, so the trigger word must have been added there."""
+    config_file = Path(data_dir) / "preprocess_config.json"
+    used = json.loads(config_file.read_text()).get("id_token", "") if config_file.is_file() else ""
+    if used != id_token:
+        raise ValueError(
+            f"--id_token {id_token!r} but {data_dir} was preprocessed with ID_TOKEN={used!r}; captions are "
+            f"embedded at preprocessing: re-run it with ID_TOKEN={id_token!r} (or pass --id_token {used!r})"
+        )
+
+
+def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], device: torch.device):
+    kwargs = {
+        "lr": cfg.learning_rate,
+        "betas": (cfg.adam_beta1, cfg.adam_beta2),
+        "weight_decay": cfg.weight_decay,
+    }
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, eps=cfg.adam_eps, **kwargs)
+    if cfg.optimizer == "adamw8bit":
+        if device.type != "cuda":
+            raise ValueError("--optimizer adamw8bit (bitsandbytes) needs CUDA GPUs; use adamw on CPU")
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise ValueError("--optimizer adamw8bit needs bitsandbytes: pip install bitsandbytes") from None
+        return bnb.optim.AdamW8bit(params, eps=cfg.adam_eps, **kwargs)
+    try:
+        from prodigyopt import Prodigy
+    except ImportError:
+        raise ValueError("--optimizer prodigy needs prodigyopt: pip install 'fastvideo[prodigy]'") from None
+    return Prodigy(params, **kwargs)
 
 
 class TrainingError(RuntimeError):
@@ -81,6 +122,7 @@ class Trainer:
                 "--cpu_offload keeps FSDP shards in host memory between GPU uses; it needs CUDA GPUs"
             )
         self.dataset = LatentDataset(cfg.data_json_path)
+        check_id_token(cfg.id_token, self.dataset.root)
         self.dp_rank = self.dims.dp_mesh.get_local_rank() if self.dist.world_size > 1 else 0
         self.sampler = ShapeBucketSampler(
             self.dataset,
@@ -91,13 +133,7 @@ class Trainer:
         )
         self.model = self.build_model()
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            self.trainable,
-            lr=cfg.learning_rate,
-            betas=(cfg.adam_beta1, cfg.adam_beta2),
-            eps=cfg.adam_eps,
-            weight_decay=cfg.weight_decay,
-        )
+        self.optimizer = make_optimizer(cfg, self.trainable, self.dist.device)
         from diffusers.optimization import get_scheduler
 
         self.lr_scheduler = get_scheduler(
@@ -133,6 +169,20 @@ class Trainer:
             mode = "bf16" if self.dist.device.type == "cuda" else "fp32"
         return torch.bfloat16 if mode == "bf16" else torch.float32
 
+    def lora_base_dtype(self) -> torch.dtype:
+        choice = self.cfg.lora_base_dtype
+        dtype = (
+            self.compute_dtype()
+            if choice == "auto"
+            else {"bf16": torch.bfloat16, "fp32": torch.float32}[choice]
+        )
+        if dtype != self.compute_dtype() and self.dist.world_size == 1 and self.dist.device.type != "cuda":
+            # Without FSDP nothing casts the base to the compute dtype, and CPU autocast has no fp32 mode.
+            raise ValueError(
+                "--lora_base_dtype bf16 with fp32 compute needs several processes or a GPU; use auto"
+            )
+        return dtype
+
     def build_model(self) -> torch.nn.Module:
         cfg = self.cfg
         master = torch.bfloat16 if cfg.master_weight_type == "bf16" else torch.float32
@@ -140,6 +190,15 @@ class Trainer:
             model = self.adapter.transformer_class().from_config(self.adapter.transformer_config())
             if master != torch.float32:
                 model = model.to(master)
+            if cfg.use_lora:
+                base_dtype = self.lora_base_dtype()
+                add_lora(
+                    model,
+                    rank=cfg.lora_rank,
+                    alpha=cfg.lora_alpha,
+                    targets=cfg.lora_target_modules,
+                    base_dtype=base_dtype,
+                )
         if self.dims.sp_enabled:
             self.adapter.enable_sequence_parallel(model, self.dims.sp_mesh.get_group())
         blocks = self.adapter.transformer_blocks(model)
@@ -152,12 +211,14 @@ class Trainer:
                 model,
                 blocks,
                 mesh=self.dims.fsdp_mesh,
-                param_dtype=compute if compute != master else None,
+                # LoRA mixes bf16 base and fp32 adapter weights: one compute dtype unifies each block.
+                param_dtype=compute if (compute != master or cfg.use_lora) else None,
                 reduce_dtype=torch.float32,
                 cpu_offload=cfg.cpu_offload,
             )
         model.to_empty(device="cpu" if cfg.cpu_offload else self.dist.device)
-        load_transformer_weights(model, self.adapter.model_path / "transformer", self.dist, dtype=master)
+        prepare = (lambda full, targets: with_lora_init(full, targets, cfg.seed)) if cfg.use_lora else None
+        load_transformer_weights(model, self.adapter.model_path / "transformer", self.dist, prepare=prepare)
         return model.train()
 
     def checkpoint_policy(self, model):
@@ -212,16 +273,20 @@ class Trainer:
     def app_state(self) -> dict:
         """The sharded tensors DCP saves and loads in place."""
         self._app_state = {
-            "model": get_model_state_dict(self.model),
+            "model": get_model_state_dict(self.model, options=self.state_options()),
             "optimizer": get_optimizer_state_dict(self.model, self.optimizer),
         }
         if self.ema is not None:
             self._app_state["ema"] = self.ema.state_dict()
         return self._app_state
 
+    def state_options(self) -> StateDictOptions:
+        # Under LoRA the frozen base is never saved: it is the model directory's, unchanged.
+        return StateDictOptions(ignore_frozen_params=self.cfg.use_lora, strict=not self.cfg.use_lora)
+
     def restore_app_state(self) -> None:
         state = self._app_state
-        set_model_state_dict(self.model, state["model"])
+        set_model_state_dict(self.model, state["model"], options=self.state_options())
         set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
@@ -253,6 +318,8 @@ class Trainer:
             if cfg.validation_steps and self.step % cfg.validation_steps == 0:
                 self.validate()
         bar.close()
+        if self.dist.is_main:
+            atomic_write_json(self.memory_report(), Path(cfg.output_dir) / "memory.json")
         if not cfg.checkpointing_steps or self.step % cfg.checkpointing_steps:
             self.save_checkpoint()
 
@@ -353,10 +420,38 @@ class Trainer:
 
     def export(self) -> None:
         out = Path(self.cfg.output_dir)
-        export_transformer(self.model, self.adapter, out / "transformer", self.dist)
+        name = "lora" if self.cfg.use_lora else "transformer"
+        self.export_weights(out / name)
         if self.ema is not None:
             with self.ema.swapped_into(self.model):
-                export_transformer(self.model, self.adapter, out / "transformer_ema", self.dist)
+                self.export_weights(out / f"{name}_ema")
+
+    def export_weights(self, out: Path) -> None:
+        cfg = self.cfg
+        if not cfg.use_lora:
+            export_transformer(self.model, self.adapter, out, self.dist)
+            return
+        weights = lora_weights(gather_full_state(self.model, trainable_only=True))
+        if self.dist.is_main:
+            save_lora(out, weights, rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=cfg.lora_target_modules)
+        self.dist.barrier()
+
+    def memory_report(self) -> dict:
+        """Bytes this rank holds in parameters, gradients and optimizer state (local shards)."""
+
+        def nbytes(tensors) -> int:
+            return sum(_local(t).numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+        params = list(self.model.parameters())
+        optim = [v for state in self.optimizer.state.values() for v in state.values()]
+        report = {
+            "parameters": nbytes(params),
+            "trainable_parameters": nbytes(p for p in params if p.requires_grad),
+            "gradients": nbytes(p.grad for p in params if p.grad is not None),
+            "optimizer_state": nbytes(optim),
+        }
+        report["total"] = report["parameters"] + report["gradients"] + report["optimizer_state"]
+        return report
 
     def cleanup(self) -> None:
         self.batches.close()

@@ -4,7 +4,8 @@ All ranks run the DiT together (FSDP and sequence parallelism need them all), wi
 noise; then prompt i is decoded and written by rank ``i % world_size``, so no rank sits in a
 collective while another decodes alone. Sampling is plain Euler on Mochi's linear-quadratic
 sigma schedule (diffusers' ``linear_quadratic_schedule``), with classifier-free guidance against
-the zero embedding when the guidance scale is above 1.
+the zero embedding when the guidance scale is above 1. Each prompt's final latents are saved beside
+its mp4 (``prompt-NN.pt``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 
 from fastvideo.data_preprocess.video import write_video
+from fastvideo.io import atomic_torch_save
 
 
 def validation_prompts(data_dir: Path) -> list[dict]:
@@ -34,6 +36,11 @@ def validation_prompts(data_dir: Path) -> list[dict]:
             }
         )
     return prompts
+
+
+def train_fps(data_dir: Path) -> float:
+    config = data_dir / "preprocess_config.json"
+    return json.loads(config.read_text()).get("train_fps", 30.0) if config.is_file() else 30.0
 
 
 def sigma_schedule(steps: int) -> torch.Tensor:
@@ -77,7 +84,8 @@ def run_validation(trainer, out_dir: Path) -> list[Path]:
         vae = vae or trainer.adapter.load_vae()
         video = trainer.adapter.decode_latents(vae, latents)[0].cpu()
         path = out_dir / f"prompt-{i:02d}.mp4"
-        write_video(path, video, fps=30)
+        write_video(path, video, fps=train_fps(Path(trainer.cfg.data_json_path)))
+        atomic_torch_save(latents.cpu(), path.with_suffix(".pt"))  # exact comparisons and re-decoding
         (out_dir / f"prompt-{i:02d}.txt").write_text(prompt["caption"] + "\n", encoding="utf-8")
         written.append(path)
     trainer.dist.barrier()

@@ -16,6 +16,7 @@ layout (ranks of one SP group draw identical numbers).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from diffusers.optimization import get_scheduler
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -93,8 +95,9 @@ class TrainingError(RuntimeError):
 
 
 def sample_generator(seed: int, step: int, micro: int, sample: int) -> torch.Generator:
-    # A distinct, reproducible stream per (step, micro-step, global sample position).
-    return torch.Generator().manual_seed(hash((seed, step, micro, sample)) & 0x7FFF_FFFF_FFFF_FFFF)
+    """A distinct, reproducible stream per (step, micro-step, global sample position)."""
+    digest = hashlib.sha256(f"{seed}:{step}:{micro}:{sample}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF)
 
 
 class Trainer:
@@ -134,8 +137,6 @@ class Trainer:
         self.model = self.build_model()
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(cfg, self.trainable, self.dist.device)
-        from diffusers.optimization import get_scheduler
-
         self.lr_scheduler = get_scheduler(
             cfg.lr_scheduler,
             optimizer=self.optimizer,

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
+
+from fastvideo.io import atomic_dir
 
 TINY_MARKER = "fastvideo_tiny.json"
 
@@ -136,17 +136,10 @@ def build_tiny(model_type: str, output: str | Path, *, seed: int = 0, overwrite:
         raise FileExistsError(
             f"{output} exists and is not a tiny {model_type} model with seed {seed}; pass --overwrite"
         )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{output.name}.tmp-", dir=output.parent))
-    try:
+    with atomic_dir(output) as staging:
         pipe = TINY_BUILDERS[model_type](seed)
         pipe.save_pretrained(staging, safe_serialization=True)
         (staging / TINY_MARKER).write_text(json.dumps({"model_type": model_type, "seed": seed}))
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return output
 
 

@@ -11,8 +11,6 @@ temporary folder and renamed when whole.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,6 +21,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
 )
 
+from fastvideo.io import atomic_dir
 from fastvideo.parallel.process_group import DistInfo
 
 
@@ -70,13 +69,7 @@ def export_transformer(model: torch.nn.Module, adapter, out: Path, dist_info: Di
         with torch.device("meta"):
             clean = adapter.transformer_class().from_config(adapter.transformer_config())
         clean.load_state_dict(state, assign=True)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
-        try:
+        with atomic_dir(out) as staging:
             clean.save_pretrained(staging, safe_serialization=True)
-            shutil.rmtree(out, ignore_errors=True)
-            staging.rename(out)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     dist_info.barrier()
     return out

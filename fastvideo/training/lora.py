@@ -25,12 +25,12 @@ import argparse
 import json
 import math
 import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
+
+from fastvideo.io import atomic_dir
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 INFO_FILE = "fastvideo_lora.json"
@@ -96,9 +96,7 @@ def lora_weights(full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def save_lora(out: Path, weights: dict[str, torch.Tensor], *, rank: int, alpha: float, targets: str) -> Path:
     from diffusers import MochiPipeline
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as staging:
         MochiPipeline.save_lora_weights(
             staging,
             transformer_lora_layers={k: v.contiguous() for k, v in weights.items()},
@@ -111,10 +109,6 @@ def save_lora(out: Path, weights: dict[str, torch.Tensor], *, rank: int, alpha: 
         )
         info = {"rank": rank, "alpha": alpha, "scale": alpha / rank, "target_modules": targets}
         (staging / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        shutil.rmtree(out, ignore_errors=True)
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 
@@ -165,14 +159,8 @@ def fuse(model_path: Path, lora_path: Path, output: Path, scale: float | None = 
     transformer.load_lora_adapter(weights, prefix="transformer", adapter_name="fastvideo")
     transformer.fuse_lora(lora_scale=scale)
     transformer.unload_lora()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{output.name}.tmp-", dir=output.parent))
-    try:
+    with atomic_dir(output) as staging:
         transformer.save_pretrained(staging, safe_serialization=True)
-        shutil.rmtree(output, ignore_errors=True)
-        staging.rename(output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return output
 
 

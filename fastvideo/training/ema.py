@@ -23,6 +23,7 @@ import contextlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 
@@ -126,14 +127,17 @@ class EMA:
 
         The weights are exchanged in place with the shadow and exchanged back on exit (also on an
         exception), so the block must only read the weights (validation, export), not train them.
+        FSDP2 modules in ``model`` are resharded on entry and exit (see ``reshard_fsdp``).
         """
         self._refuse_while_swapped("swap_into")
         targets = self._targets(model)
+        reshard_fsdp(model)
         self._swap(targets)
         self._swapped = True
         try:
             yield model
         finally:
+            reshard_fsdp(model)
             self._swap(targets)
             self._swapped = False
 
@@ -160,6 +164,20 @@ class EMA:
             raise ValueError(f"EMA state does not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
         for name, dst in self.shadow.items():
             copy_into(dst, state[name], name)
+
+
+def reshard_fsdp(model: torch.nn.Module | None) -> None:
+    """Free the unsharded copies FSDP2 still holds, so the next forward gathers the shards afresh.
+
+    FSDP2 keeps the root module's parameters unsharded after a forward (and, without grad, nothing
+    reshards them later); a swap writes the shards only, so without this the root would keep
+    computing with the weights from before the swap.
+    """
+    if model is None:
+        return
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 def copy_into(dst: torch.Tensor, src: torch.Tensor, name: str) -> None:

@@ -18,17 +18,18 @@ from fastvideo.parallel.process_group import distributed
 from fastvideo.training.config import TrainConfig
 
 
-def main(argv: list[str] | None = None) -> int:
+def launch(config_cls, trainer_cls, argv: list[str] | None, description: str) -> int:
+    """Parse ``config_cls`` from the command line and run ``trainer_cls`` under torch.distributed."""
     try:
-        cfg = parse_config(TrainConfig, argv, description=__doc__)
+        cfg = parse_config(config_cls, argv, description=description)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from fastvideo.training.trainer import Trainer, TrainingError
+    from fastvideo.training.trainer import TrainingError
 
     with distributed() as dist_info:
         try:
-            Trainer(cfg, dist_info).run()
+            trainer_cls(cfg, dist_info).run()
         except (ValueError, FileNotFoundError) as err:
             if dist_info.is_main:
                 print(f"error: {err}", file=sys.stderr)
@@ -38,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {err}", file=sys.stderr)
             return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fastvideo.training.trainer import Trainer
+
+    return launch(TrainConfig, Trainer, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ pytestmark = pytest.mark.slow
 # so its float gradient is rounding noise that Adam would blow up to +-lr steps whose signs depend on
 # summation order. A larger eps keeps such noise from moving weights, so layouts can be compared.
 ADAM_EPS = "1e-3"
+# Validating between steps swaps the EMA weights in and out of the sharded model: it must not leak.
+EMA_VALIDATION = ["--use_ema", "--ema_decay", 0.5, "--validation_steps", 2, "--validation_sampling_steps", 2]
 
 
 def train_cmd(out, tiny_mochi, processed, *args, nproc: int = 1) -> list[str]:
@@ -61,9 +63,19 @@ def assert_same_run(got, ref, rtol=1e-5):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, tiny_mochi, processed, cli_env_module):
-    """3 steps, global batch 2, in one process."""
+    """3 steps, global batch 2, in one process; EMA and a validation (with the EMA swapped in) at step 2."""
     out = tmp_path_factory.mktemp("ref") / "run"
-    train(out, tiny_mochi, processed, cli_env_module, "--max_train_steps", 3, "--train_batch_size", 2)
+    train(
+        out,
+        tiny_mochi,
+        processed,
+        cli_env_module,
+        "--max_train_steps",
+        3,
+        "--train_batch_size",
+        2,
+        *EMA_VALIDATION,
+    )
     return out
 
 
@@ -90,14 +102,21 @@ def test_parallel_layouts_equal_one_process(
 ):
     out = tmp_path / "run"
     train(out, tiny_mochi, processed, cli_env_module, "--max_train_steps", 3, "--train_batch_size", batch, *layout,
-          nproc=nproc)  # fmt: skip
+          *EMA_VALIDATION, nproc=nproc)  # fmt: skip
     assert len(losses(out)) == 3
     assert_same_run(out, reference)
+    for key, value in exported(reference, "transformer_ema").items():
+        torch.testing.assert_close(
+            exported(out, "transformer_ema")[key], value, rtol=1e-5, atol=1e-6, msg=key
+        )
 
 
 def test_export_loads_in_diffusers(reference, tiny_mochi):
-    model = MochiTransformer3DModel.from_pretrained(reference / "transformer")
-    pipe = MochiPipeline.from_pretrained(tiny_mochi, transformer=model)
+    """The output folder is a whole pipeline: the trained transformer plus links to the base's parts."""
+    pipe = MochiPipeline.from_pretrained(reference)
+    model = pipe.transformer
+    assert all(torch.equal(p, exported(reference)[n]) for n, p in model.state_dict().items())
+    assert (reference / "vae").resolve() == (tiny_mochi / "vae").resolve()
     video = pipe("a red circle moving right", num_frames=7, height=32, width=32, num_inference_steps=2,
                  output_type="pt", generator=torch.Generator().manual_seed(0)).frames  # fmt: skip
     assert video.shape == (1, 7, 3, 32, 32) and torch.isfinite(video).all()

@@ -5,12 +5,14 @@ sharded index) on rank 0 and hands every rank its shards (``broadcast_from_rank0
 full copy is ever in memory. ``export_transformer`` gathers the full weights to rank 0 and writes a
 diffusers folder (``config.json`` + safetensors via ``save_pretrained``) that
 ``MochiTransformer3DModel.from_pretrained`` and ``MochiPipeline`` load; it is written to a
-temporary folder and renamed when whole.
+temporary folder and renamed when whole. ``write_pipeline_folder`` then makes the output folder a
+whole diffusers pipeline.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -21,7 +23,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
 )
 
-from fastvideo.io import atomic_dir
+from fastvideo.io import atomic_dir, atomic_write_json
 from fastvideo.parallel.process_group import DistInfo
 
 
@@ -73,3 +75,40 @@ def export_transformer(model: torch.nn.Module, adapter, out: Path, dist_info: Di
             clean.save_pretrained(staging, safe_serialization=True)
     dist_info.barrier()
     return out
+
+
+BASE_COMPONENTS = ("scheduler", "vae", "text_encoder", "tokenizer")
+
+
+def write_pipeline_folder(out: Path, base: Path, scheduler=None, link_transformer: bool = False) -> list[str]:
+    """Make ``out`` (holding an exported ``transformer/``) a pipeline folder that ``from_pretrained`` loads.
+
+    Writes ``model_index.json`` and links (absolute symbolic links; ``cp -rL`` makes a standalone
+    copy) each component of ``base`` that ``out`` lacks: ``vae/``, ``text_encoder/``, ``tokenizer/``,
+    ``scheduler/`` unless ``scheduler`` (a diffusers scheduler) is given and saved instead, and
+    ``transformer/`` with ``link_transformer`` (LoRA runs, whose weights are in ``lora/``).
+    Returns what is missing (nothing when the folder is whole); existing real folders are kept.
+    """
+    index_path = base / "model_index.json"
+    if not index_path.is_file():
+        return [f"{index_path} (the base is not a diffusers pipeline folder)"]
+    index = json.loads(index_path.read_text())
+    names = [*BASE_COMPONENTS, *(["transformer"] if link_transformer else [])]
+    if scheduler is not None:
+        names.remove("scheduler")
+        index["scheduler"] = [type(scheduler).__module__, type(scheduler).__name__]
+        with atomic_dir(out / "scheduler") as staging:
+            scheduler.save_pretrained(staging)
+    missing = []
+    for name in names:
+        link, target = out / name, base / name
+        if name not in index or (link.exists() and not link.is_symlink()):
+            continue
+        if not target.is_dir():
+            missing.append(str(target))
+            continue
+        if link.is_symlink():
+            link.unlink()
+        os.symlink(target.resolve(), link, target_is_directory=True)
+    atomic_write_json(index, out / "model_index.json")
+    return missing

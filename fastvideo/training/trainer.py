@@ -45,7 +45,12 @@ from fastvideo.parallel.process_group import DistInfo
 from fastvideo.training.checkpoint import CheckpointManager, rng_state, set_rng_state
 from fastvideo.training.config import TrainConfig
 from fastvideo.training.ema import EMA
-from fastvideo.training.export import export_transformer, gather_full_state, load_transformer_weights
+from fastvideo.training.export import (
+    export_transformer,
+    gather_full_state,
+    load_transformer_weights,
+    write_pipeline_folder,
+)
 from fastvideo.training.flow_matching import add_noise, sample_sigmas, velocity_target
 from fastvideo.training.lora import add_lora, lora_weights, save_lora, with_lora_init
 from fastvideo.training.metrics import MetricsLogger, format_postfix
@@ -426,6 +431,20 @@ class Trainer:
         if self.ema is not None:
             with self.ema.swapped_into(self.model):
                 self.export_weights(out / f"{name}_ema")
+        if self.dist.is_main:
+            base = Path(self.cfg.model_path)
+            missing = write_pipeline_folder(
+                out, base, self.export_scheduler(), link_transformer=self.cfg.use_lora
+            )
+            if missing:
+                print(f"warning: {out} is not a whole pipeline folder; missing {', '.join(missing)}")
+            else:
+                print(f"pipeline folder {out}: --model_path and diffusers' from_pretrained load it")
+        self.dist.barrier()
+
+    def export_scheduler(self):
+        """The scheduler saved with the exported model; None links the base model's."""
+        return None
 
     def export_weights(self, out: Path) -> None:
         cfg = self.cfg

@@ -17,6 +17,7 @@ import torch
 
 from fastvideo.data_preprocess.video import write_video
 from fastvideo.io import atomic_torch_save
+from fastvideo.sample.denoise import euler_denoise
 
 
 def validation_prompts(data_dir: Path) -> list[dict]:
@@ -49,28 +50,24 @@ def sigma_schedule(steps: int) -> torch.Tensor:
     return torch.tensor([*linear_quadratic_schedule(steps, 0.025), 0.0], dtype=torch.float32)
 
 
-@torch.no_grad()
-def sample_latents(trainer, prompt: dict, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+def sample_latents(
+    trainer, prompt: dict, shape: tuple[int, ...], seed: int, sigmas: torch.Tensor, guidance: float
+) -> torch.Tensor:
     device = trainer.dist.device
-    adapter = trainer.adapter
     latents = torch.randn(1, *shape, generator=torch.Generator().manual_seed(seed)).to(device)
     embeds = prompt["prompt_embeds"][None].to(device)
     mask = prompt["prompt_attention_mask"][None].to(device)
-    guidance = trainer.cfg.validation_guidance_scale
-    sigmas = sigma_schedule(trainer.cfg.validation_sampling_steps).to(device)
-    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:], strict=True):
-        s = sigma.expand(1)
-        v = adapter.predict_velocity(trainer.model, latents, s, embeds, mask)
-        if guidance > 1.0:
-            v_uncond = adapter.predict_velocity(
-                trainer.model, latents, s, torch.zeros_like(embeds), torch.zeros_like(mask)
-            )
-            v = v_uncond + guidance * (v - v_uncond)
-        latents = latents + (sigma_next - sigma) * v
-    return latents
+    return euler_denoise(trainer.adapter, trainer.model, latents, sigmas, embeds, mask, guidance)
 
 
-def run_validation(trainer, out_dir: Path) -> list[Path]:
+def run_validation(
+    trainer, out_dir: Path, sigmas: torch.Tensor | None = None, guidance: float | None = None
+) -> list[Path]:
+    """Sample every validation prompt (default: the config's steps on Mochi's schedule and guidance)."""
+    if sigmas is None:
+        sigmas = sigma_schedule(trainer.cfg.validation_sampling_steps)
+    if guidance is None:
+        guidance = trainer.cfg.validation_guidance_scale
     prompts = validation_prompts(Path(trainer.cfg.data_json_path))
     if not prompts:
         return []
@@ -78,7 +75,7 @@ def run_validation(trainer, out_dir: Path) -> list[Path]:
     vae = None
     written = []
     for i, prompt in enumerate(prompts):
-        latents = sample_latents(trainer, prompt, shape, seed=trainer.cfg.seed + i)
+        latents = sample_latents(trainer, prompt, shape, trainer.cfg.seed + i, sigmas, guidance)
         if i % trainer.dist.world_size != trainer.dist.rank:
             continue
         vae = vae or trainer.adapter.load_vae()

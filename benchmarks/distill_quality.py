@@ -1,0 +1,204 @@
+"""Does the 8-step PCM student follow its teacher? Train a tiny teacher, distill it, compare on held-out prompts.
+
+    python benchmarks/distill_quality.py [--teacher_steps 1500 --distill_steps 600 --prompts 8 --noises 2]
+
+1. Data: the tiny Mochi model and ``--clips`` synthetic clips (25 frames, 64x96); the prompts of
+   ``--prompts`` shape/colour/direction combinations that no training clip has are held out and
+   encoded as the validation prompts.
+2. Teacher: ``fastvideo.train`` for ``--teacher_steps`` on one process; its output folder is a
+   whole pipeline and becomes the distillation's ``--model_path``.
+3. Student: ``fastvideo.distill`` for ``--distill_steps`` with EMA, one phase per sampling step
+   (``--multi_phased_distill_schedule 100000-8``) and guidance ``--distill_cfg`` w distilled in.
+4. On each held-out prompt and fixed noise (latents; the tiny VAE's decoding adds nothing here):
+   reference = teacher, 64 Euler steps on Mochi's schedule (``linear_quadratic_schedule(64, 0.025)``,
+   as MochiPipeline) with guidance 1 + w; E_teacher(8) = relative L2 of the teacher with 8 steps
+   (on Mochi's 8-step schedule, and on the student's 8 grid points) against it; E_student(8) = the
+   same for the student's 8 PCM steps without guidance. Timing: the denoising loop of 64 teacher
+   steps with and without guidance against 8 student steps, interleaved ``--repeats`` times.
+
+Goals (issue 5): E_student(8) <= E_teacher(8) / 2 and 8-step sampling >= 7x faster than 64-step.
+Work lands in ``data/bench/distill`` (reused when present; ``--fresh`` starts over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from diffusers.pipelines.mochi.pipeline_mochi import linear_quadratic_schedule  # noqa: E402
+
+from fastvideo.data_preprocess.synthetic import make_synthetic_dataset, plan_clips  # noqa: E402
+from fastvideo.distill.pcm import PCMFlowScheduler  # noqa: E402
+from fastvideo.models import get_adapter_class  # noqa: E402
+from fastvideo.models.tiny import build_tiny  # noqa: E402
+from fastvideo.sample.denoise import euler_denoise  # noqa: E402
+from fastvideo.training.validation import validation_prompts  # noqa: E402
+
+FRAMES, HEIGHT, WIDTH = 25, 64, 96
+
+
+def run(cmd: list[str], log: Path) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS=str(os.cpu_count() or 1), PYTHONPATH=str(REPO))
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        sys.exit(f"failed ({log}):\n" + log.read_text()[-3000:])
+    print(f"  {time.perf_counter() - start:.0f} s, log {log}")
+
+
+def prepare(args, work: Path) -> tuple[Path, Path]:
+    model = (
+        build_tiny("mochi", work / "tiny-mochi", seed=0)
+        if not (work / "tiny-mochi").is_dir()
+        else work / "tiny-mochi"
+    )
+    data = work / "processed"
+    if not (data / "videos2caption.json").is_file():
+        clips = make_synthetic_dataset(work / "synthetic", num_videos=args.clips, num_images=0, seed=0)
+        held_out = [spec.caption for spec in plan_clips(0, args.clips + args.prompts)[args.clips :]]
+        (work / "held_out.txt").write_text("\n".join(held_out) + "\n")
+        print(f"preprocessing {args.clips} clips; held-out prompts: {held_out}")
+        run([sys.executable, "-m", "fastvideo.data_preprocess.preprocess", "--model_path", str(model),
+             "--data_dir", str(clips.mochi_dir), "--output_dir", str(data), "--num_frames", str(FRAMES),
+             "--height", str(HEIGHT), "--width", str(WIDTH), "--validation_prompt_txt", str(work / "held_out.txt")],
+            work / "preprocess.log")  # fmt: skip
+    return model, data
+
+
+def train_teacher(args, work: Path, model: Path, data: Path) -> Path:
+    teacher = work / "teacher"
+    if not (teacher / "model_index.json").is_file():
+        print(f"training the teacher for {args.teacher_steps} steps")
+        run([sys.executable, "-m", "fastvideo.train", "--model_path", str(model), "--data_json_path", str(data),
+             "--output_dir", str(teacher), "--max_train_steps", str(args.teacher_steps), "--train_batch_size", "4",
+             "--learning_rate", "5e-4", "--lr_warmup_steps", "50", "--weight_decay", "0", "--cfg", "0.1"],
+            work / "teacher.log")  # fmt: skip
+    return teacher
+
+
+def distill_student(args, work: Path, teacher: Path, data: Path) -> Path:
+    student = work / f"student-{args.distill_steps}"
+    if not (student / "model_index.json").is_file():
+        print(f"distilling for {args.distill_steps} steps")
+        run([sys.executable, "-m", "fastvideo.distill", "--model_path", str(teacher), "--data_json_path", str(data),
+             "--output_dir", str(student), "--max_train_steps", str(args.distill_steps), "--train_batch_size", "4",
+             "--learning_rate", str(args.distill_lr), "--weight_decay", "0", "--use_ema", "--ema_decay", "0.95",
+             "--num_euler_timesteps", "50", "--multi_phased_distill_schedule", "100000-8",
+             "--distill_cfg", str(args.distill_cfg), "--cfg", "0.1"],
+            work / "distill.log")  # fmt: skip
+    return student
+
+
+def relative_l2(a: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((a - ref).flatten(1).norm(dim=1).div(ref.flatten(1).norm(dim=1)).mean())
+
+
+def mochi_sigmas(steps: int) -> torch.Tensor:
+    return torch.tensor([*linear_quadratic_schedule(steps, 0.025), 0.0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--work", default=str(REPO / "data" / "bench" / "distill"))
+    parser.add_argument("--fresh", action="store_true")
+    parser.add_argument("--clips", type=int, default=48)
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--noises", type=int, default=2)
+    parser.add_argument("--teacher_steps", type=int, default=1500)
+    parser.add_argument("--distill_steps", type=int, default=600)
+    parser.add_argument("--distill_lr", type=float, default=1e-4)
+    parser.add_argument("--distill_cfg", type=float, default=3.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    work = Path(args.work)
+    if args.fresh:
+        shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(os.cpu_count() or 1)
+
+    model, data = prepare(args, work)
+    teacher_dir = train_teacher(args, work, model, data)
+    student_dir = distill_student(args, work, teacher_dir, data)
+
+    adapter = get_adapter_class("mochi")(teacher_dir)
+    teacher = adapter.transformer_class().from_pretrained(teacher_dir / "transformer").eval()
+    student = adapter.transformer_class().from_pretrained(student_dir / "transformer_ema").eval()
+    scheduler = PCMFlowScheduler.from_pretrained(student_dir / "scheduler")
+    scheduler.set_timesteps(8)
+    grid8 = scheduler.sigmas
+    guidance = 1.0 + args.distill_cfg
+    shape = (12, (FRAMES - 1) // 6 + 1, HEIGHT // 8, WIDTH // 8)
+    prompts = validation_prompts(data)
+
+    errors: dict[str, list[float]] = {
+        "teacher 8 (Mochi schedule)": [],
+        "teacher 8 (grid points)": [],
+        "student 8": [],
+    }
+    for i, prompt in enumerate(prompts):
+        cond = (prompt["prompt_embeds"][None], prompt["prompt_attention_mask"][None])
+        for k in range(args.noises):
+            noise = torch.randn(1, *shape, generator=torch.Generator().manual_seed(1000 * i + k))
+            ref = euler_denoise(adapter, teacher, noise, mochi_sigmas(64), *cond, guidance)
+            runs = {
+                "teacher 8 (Mochi schedule)": euler_denoise(
+                    adapter, teacher, noise, mochi_sigmas(8), *cond, guidance
+                ),
+                "teacher 8 (grid points)": euler_denoise(adapter, teacher, noise, grid8, *cond, guidance),
+                "student 8": euler_denoise(adapter, student, noise, grid8, *cond),
+            }
+            for name, latents in runs.items():
+                errors[name].append(relative_l2(latents, ref))
+        print(f"  prompt {i + 1}/{len(prompts)}: {prompt['caption']}")
+
+    cond = (prompts[0]["prompt_embeds"][None], prompts[0]["prompt_attention_mask"][None])
+    noise = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
+    timed = {
+        "teacher 64, guidance": lambda: euler_denoise(
+            adapter, teacher, noise, mochi_sigmas(64), *cond, guidance
+        ),
+        "teacher 64, no guidance": lambda: euler_denoise(adapter, teacher, noise, mochi_sigmas(64), *cond),
+        "student 8": lambda: euler_denoise(adapter, student, noise, grid8, *cond),
+    }
+    times: dict[str, list[float]] = {name: [] for name in timed}
+    for _ in range(args.repeats):
+        for name, fn in timed.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+
+    print(
+        f"\n# distill_quality, {datetime.date.today()}, {platform.node()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
+    )
+    print(f"teacher {args.teacher_steps} steps, student {args.distill_steps} steps (EMA), w = {args.distill_cfg}, "
+          f"{len(prompts)} held-out prompts x {args.noises} noises, latents {list(shape)}")  # fmt: skip
+    mean = {name: statistics.mean(v) for name, v in errors.items()}
+    for name, value in mean.items():
+        print(f"E_{name}: {value:.4f}")
+    best_teacher = min(mean["teacher 8 (Mochi schedule)"], mean["teacher 8 (grid points)"])
+    print(f"E_student(8) / best E_teacher(8) = {mean['student 8'] / best_teacher:.3f} (goal <= 0.5)")
+    median = {name: statistics.median(v) for name, v in times.items()}
+    for name, value in median.items():
+        print(f"sampling time {name}: {value * 1000:.1f} ms")
+    for name in ("teacher 64, guidance", "teacher 64, no guidance"):
+        print(f"speed-up of student 8 over {name}: {median[name] / median['student 8']:.2f}x (goal >= 7)")
+
+
+if __name__ == "__main__":
+    main()

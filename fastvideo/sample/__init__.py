@@ -1,0 +1,1 @@
+"""Sampling: the Euler denoising loop shared by validation, benchmarks and the samplers."""

@@ -51,7 +51,7 @@ FRAMES, HEIGHT, WIDTH = 25, 64, 96
 
 
 def run(cmd: list[str], log: Path) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS=str(os.cpu_count() or 1), PYTHONPATH=str(REPO))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     start = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
@@ -91,16 +91,24 @@ def train_teacher(args, work: Path, model: Path, data: Path) -> Path:
 
 
 def distill_student(args, work: Path, teacher: Path, data: Path) -> Path:
-    student = work / f"student-{args.distill_steps}"
+    grid = grid_args(args)
+    student = work / ("student-" + "-".join([str(args.distill_steps), *grid[1::2]]))
     if not (student / "model_index.json").is_file():
-        print(f"distilling for {args.distill_steps} steps")
+        print(f"distilling for {args.distill_steps} steps into {student}")
         run([sys.executable, "-m", "fastvideo.distill", "--model_path", str(teacher), "--data_json_path", str(data),
              "--output_dir", str(student), "--max_train_steps", str(args.distill_steps), "--train_batch_size", "4",
              "--learning_rate", str(args.distill_lr), "--weight_decay", "0", "--use_ema", "--ema_decay", "0.95",
-             "--num_euler_timesteps", "50", "--multi_phased_distill_schedule", "100000-8",
+             "--num_euler_timesteps", "50", "--multi_phased_distill_schedule", "100000-8", *grid,
              "--distill_cfg", str(args.distill_cfg), "--cfg", "0.1"],
-            work / "distill.log")  # fmt: skip
+            student.parent / f"{student.name}.log")  # fmt: skip
     return student
+
+
+def grid_args(args) -> list[str]:
+    if args.schedule == "shift":
+        return ["--schedule", "shift", "--shift", str(args.shift)]
+    return ["--schedule", "linear_quadratic", "--linear_quadratic_threshold", str(args.linear_quadratic_threshold),
+            "--linear_range", str(args.linear_range)]  # fmt: skip
 
 
 def relative_l2(a: torch.Tensor, ref: torch.Tensor) -> float:
@@ -124,13 +132,19 @@ def main() -> None:
     parser.add_argument("--distill_steps", type=int, default=600)
     parser.add_argument("--distill_lr", type=float, default=1e-4)
     parser.add_argument("--distill_cfg", type=float, default=3.0)
+    parser.add_argument(
+        "--schedule", default="linear_quadratic", help="the solver grid's base: linear_quadratic|shift"
+    )
+    parser.add_argument("--linear_quadratic_threshold", type=float, default=0.025)
+    parser.add_argument("--linear_range", type=float, default=0.5)
+    parser.add_argument("--shift", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     work = Path(args.work)
     if args.fresh:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(1)
 
     model, data = prepare(args, work)
     teacher_dir = train_teacher(args, work, model, data)
@@ -187,6 +201,7 @@ def main() -> None:
         f"\n# distill_quality, {datetime.date.today()}, {platform.node()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
     )
     print(f"teacher {args.teacher_steps} steps, student {args.distill_steps} steps (EMA), w = {args.distill_cfg}, "
+          f"grid {' '.join(grid_args(args))}, 8 grid sigmas {[round(x, 3) for x in grid8.tolist()]}, "
           f"{len(prompts)} held-out prompts x {args.noises} noises, latents {list(shape)}")  # fmt: skip
     mean = {name: statistics.mean(v) for name, v in errors.items()}
     for name, value in mean.items():

@@ -3,12 +3,13 @@
 # Settings are environment variables with defaults; extra arguments pass through (see --help),
 # e.g. --use_ema --use_lora --not_apply_cfg_solver.
 #
-#   bash scripts/distill_t2v.sh                                    # distill the quickstart's fine-tuned tiny model
-#   MODEL_PATH=data/mochi NUM_GPUS=4 SP_SIZE=4 MAX_TRAIN_STEPS=4000 LEARNING_RATE=1e-6 bash scripts/distill_t2v.sh
+#   bash scripts/distill_t2v.sh                    # distill the quickstart's fine-tuned tiny model (outputs/finetune-mochi)
+#   MODEL_PATH=data/mochi NUM_GPUS=8 SP_SIZE=4 MAX_TRAIN_STEPS=4000 LEARNING_RATE=1e-6 bash scripts/distill_t2v.sh --use_ema
+# The output folder is a whole diffusers pipeline with the PCM scheduler (see fastvideo/distill/distiller.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-MODEL_PATH=${MODEL_PATH:-data/tiny-mochi}
+MODEL_PATH=${MODEL_PATH:-outputs/finetune-mochi}
 DATA_JSON_PATH=${DATA_JSON_PATH:-data/processed}
 OUTPUT_DIR=${OUTPUT_DIR:-outputs/distill-mochi}
 NUM_GPUS=${NUM_GPUS:-1}
@@ -20,6 +21,16 @@ MULTI_PHASED_DISTILL_SCHEDULE=${MULTI_PHASED_DISTILL_SCHEDULE:-4000-1}
 DISTILL_CFG=${DISTILL_CFG:-3.0}
 CHECKPOINTING_STEPS=${CHECKPOINTING_STEPS:-10}
 VALIDATION_STEPS=${VALIDATION_STEPS:-10}
+
+if [[ ! -f "$MODEL_PATH/model_index.json" || ! -d "$MODEL_PATH/transformer" ]]; then
+  echo "error: MODEL_PATH=$MODEL_PATH is not a pipeline folder with a transformer/." >&2
+  echo "  Fine-tune first (bash scripts/finetune_mochi.sh, or the quickstart), or set MODEL_PATH=data/tiny-mochi." >&2
+  exit 2
+fi
+if [[ ! -f "$DATA_JSON_PATH/videos2caption.json" ]]; then
+  echo "error: no preprocessed data in DATA_JSON_PATH=$DATA_JSON_PATH; run bash scripts/finetune_data_gen.sh first." >&2
+  exit 2
+fi
 
 CMD=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NUM_GPUS" -m fastvideo.distill
   --model_path "$MODEL_PATH" --data_json_path "$DATA_JSON_PATH" --output_dir "$OUTPUT_DIR" --sp_size "$SP_SIZE"

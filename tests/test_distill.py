@@ -92,3 +92,28 @@ def test_lora_distillation_uses_the_base_as_teacher(tmp_path, tiny_mochi, proces
     )
     assert (out / "lora" / "pytorch_lora_weights.safetensors").is_file()
     assert all(loss > 0 and loss == loss for loss in losses(out))
+
+
+def test_distill_script_writes_a_pcm_pipeline_folder(tmp_path, tiny_mochi, processed, cli_env, repo_root):
+    """scripts/distill_t2v.sh with SP=2 on 2 processes; a bad MODEL_PATH is refused with a message."""
+    out = tmp_path / "distill"
+    env = dict(cli_env, MODEL_PATH=str(tiny_mochi), DATA_JSON_PATH=str(processed), OUTPUT_DIR=str(out),
+               NUM_GPUS="2", SP_SIZE="2", MAX_TRAIN_STEPS="2", CHECKPOINTING_STEPS="2", VALIDATION_STEPS="2")  # fmt: skip
+    script = [
+        "bash",
+        "scripts/distill_t2v.sh",
+        "--validation_step_counts",
+        "2",
+        "--num_euler_timesteps",
+        "10",
+    ]
+    proc = subprocess.run(script, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "+ " in proc.stdout and "fastvideo.distill" in proc.stdout
+    assert len(losses(out)) == 2 and (out / "checkpoints" / "latest").exists()
+    assert len(list((out / "validation" / "step-00000002" / "steps-2_cfg-1").glob("*.mp4"))) == 2
+    scheduler = PCMFlowScheduler.from_pretrained(out / "scheduler")
+    assert scheduler.config.num_euler_timesteps == 10
+    bad = subprocess.run(["bash", "scripts/distill_t2v.sh"], cwd=repo_root, capture_output=True, text=True,
+                         env=dict(env, MODEL_PATH=str(tmp_path / "missing")))  # fmt: skip
+    assert bad.returncode == 2 and "not a pipeline folder" in bad.stderr

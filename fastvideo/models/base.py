@@ -124,5 +124,9 @@ class ModelAdapter(abc.ABC):
         """
 
     @abc.abstractmethod
+    def default_sigmas(self, num_steps: int) -> torch.Tensor:
+        """The family's default sampling noise levels: ``[num_steps + 1]`` float32, descending to 0."""
+
+    @abc.abstractmethod
     def decode_latents(self, vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents ``[B, C, T, h, w]`` to pixels ``[B, 3, F, H, W]`` in [-1, 1]."""

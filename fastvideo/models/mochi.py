@@ -14,6 +14,7 @@ import warnings
 
 import torch
 from diffusers import AutoencoderKLMochi, MochiPipeline, MochiTransformer3DModel
+from diffusers.pipelines.mochi.pipeline_mochi import linear_quadratic_schedule
 from transformers import T5EncoderModel, T5TokenizerFast
 
 from fastvideo.models.base import ModelAdapter, VideoRules
@@ -95,6 +96,10 @@ class MochiAdapter(ModelAdapter):
             return_dict=False,
         )[0]
         return -out
+
+    def default_sigmas(self, num_steps: int) -> torch.Tensor:
+        # MochiPipeline's schedule (from genmo's reference sampler), then the final 0.
+        return torch.tensor([*linear_quadratic_schedule(num_steps, 0.025), 0.0], dtype=torch.float32)
 
     # --- text ------------------------------------------------------------------------------------
     def load_text_encoder(self) -> None:

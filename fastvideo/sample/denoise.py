@@ -28,17 +28,28 @@ def euler_denoise(
     guidance: float = 1.0,
     negative: tuple[torch.Tensor, torch.Tensor] | None = None,
     on_step: Callable[[int], None] | None = None,
+    model_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """Denoise ``latents`` (at ``sigmas[0]``) down to ``sigmas[-1]``; ``on_step(i)`` after each step."""
+    """Denoise ``latents`` (at ``sigmas[0]``) down to ``sigmas[-1]``; ``on_step(i)`` after each step.
+
+    The update runs in float32; with ``model_dtype`` (e.g. bf16 weights) the DiT's inputs are cast to it.
+    """
     sigmas = sigmas.to(latents.device, torch.float32)
     if guidance > 1.0 and negative is None:
         negative = (torch.zeros_like(prompt_embeds), torch.zeros_like(prompt_attention_mask))
     batch = latents.shape[0]
+    latents = latents.float()
+
+    def velocity(x: torch.Tensor, s: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if model_dtype is not None:
+            x, embeds = x.to(model_dtype), embeds.to(model_dtype)
+        return adapter.predict_velocity(transformer, x, s, embeds, mask).float()
+
     for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:], strict=True)):
         s = sigma.expand(batch)
-        v = adapter.predict_velocity(transformer, latents, s, prompt_embeds, prompt_attention_mask).float()
+        v = velocity(latents, s, prompt_embeds, prompt_attention_mask)
         if guidance > 1.0:
-            v_uncond = adapter.predict_velocity(transformer, latents, s, *negative).float()
+            v_uncond = velocity(latents, s, *negative)
             v = v_uncond + guidance * (v - v_uncond)
         latents = latents + (sigma_next - sigma) * v
         if on_step is not None:

@@ -2,9 +2,9 @@
 
 All ranks run the DiT together (FSDP and sequence parallelism need them all), with the same
 noise; then prompt i is decoded and written by rank ``i % world_size``, so no rank sits in a
-collective while another decodes alone. Sampling is plain Euler on Mochi's linear-quadratic
-sigma schedule (diffusers' ``linear_quadratic_schedule``), with classifier-free guidance against
-the zero embedding when the guidance scale is above 1. Each prompt's final latents are saved beside
+collective while another decodes alone. Sampling is plain Euler on the family's default schedule
+(Mochi: MochiPipeline's linear-quadratic one), with classifier-free guidance against the zero
+embedding (what caption dropout trains) when the guidance scale is above 1. Each prompt's final latents are saved beside
 its mp4 (``prompt-NN.pt``).
 """
 
@@ -44,12 +44,6 @@ def train_fps(data_dir: Path) -> float:
     return json.loads(config.read_text()).get("train_fps", 30.0) if config.is_file() else 30.0
 
 
-def sigma_schedule(steps: int) -> torch.Tensor:
-    from diffusers.pipelines.mochi.pipeline_mochi import linear_quadratic_schedule
-
-    return torch.tensor([*linear_quadratic_schedule(steps, 0.025), 0.0], dtype=torch.float32)
-
-
 def sample_latents(
     trainer, prompt: dict, shape: tuple[int, ...], seed: int, sigmas: torch.Tensor, guidance: float
 ) -> torch.Tensor:
@@ -65,7 +59,7 @@ def run_validation(
 ) -> list[Path]:
     """Sample every validation prompt (default: the config's steps on Mochi's schedule and guidance)."""
     if sigmas is None:
-        sigmas = sigma_schedule(trainer.cfg.validation_sampling_steps)
+        sigmas = trainer.adapter.default_sigmas(trainer.cfg.validation_sampling_steps)
     if guidance is None:
         guidance = trainer.cfg.validation_guidance_scale
     prompts = validation_prompts(Path(trainer.cfg.data_json_path))

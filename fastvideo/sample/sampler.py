@@ -1,0 +1,311 @@
+"""Text-to-video sampling with sequence parallelism over every rank, for any family with an adapter.
+
+    torchrun --nproc_per_node 2 fastvideo/sample/sample_t2v_mochi.py --prompts "a red circle moving right"
+    python -m fastvideo.sample.sampler --model_type mochi --prompt_path prompts.txt --seeds 0,1
+
+Every rank holds the whole DiT and runs every step on its share of the tokens (Ulysses SP over the
+world group), so N GPUs cut one video's latency. Per prompt and seed:
+
+1. noise ``randn([1, C, T, H/8, W/8], generator=torch.Generator("cpu").manual_seed(seed))`` in
+   float32, exactly what diffusers' pipelines draw for ``generator=torch.Generator("cpu").manual_seed(seed)``;
+2. Euler steps over the scheduler's noise levels: ``euler`` is the family's default schedule
+   (Mochi: MochiPipeline's linear-quadratic one), ``pcm_linear_quadratic`` a distilled model's
+   ``PCMFlowScheduler`` grid (read from the model folder, ``--linear_threshold`` / ``--linear_range``
+   override it); classifier-free guidance against the encoded ``--negative_prompt`` as diffusers does;
+3. VAE decode with tiling (job i is decoded by rank ``i % world``), one mp4 per prompt and seed.
+
+``Sampler`` is also the in-process API the gradio demo uses (``generate``, ``decode``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from fastvideo.cli import parse_config
+from fastvideo.data_preprocess.video import write_video
+from fastvideo.io import atomic_torch_save
+from fastvideo.models import get_adapter_class
+from fastvideo.parallel.process_group import DistInfo, distributed
+from fastvideo.sample.denoise import euler_denoise
+
+SCHEDULERS = ("auto", "euler", "pcm_linear_quadratic")
+
+
+@dataclass
+class SampleConfig:
+    model_type: str = "mochi"
+    model_path: str = "data/tiny-mochi"
+    """Diffusers pipeline folder (a fine-tuning or distillation output folder is one)."""
+    prompts: str = ""
+    """Prompts separated by --prompt_separator."""
+    prompt_path: str = ""
+    """A text file with one prompt per line (added to --prompts)."""
+    prompt_separator: str = "|"
+    negative_prompt: str = ""
+    num_frames: int = 25
+    height: int = 64
+    width: int = 96
+    num_inference_steps: int = 64
+    guidance_scale: float | None = None
+    """Classifier-free guidance; default 4.5 with euler, 1.0 with pcm_linear_quadratic (guidance is distilled in)."""
+    seed: int = 0
+    seeds: str = ""
+    """Several seeds, e.g. '0,1,2' (overrides --seed); one video per prompt and seed."""
+    scheduler_type: str = "auto"
+    """euler | pcm_linear_quadratic | auto (pcm when the model folder's scheduler is PCMFlowScheduler)."""
+    linear_threshold: float | None = None
+    """PCM grid: linear-quadratic threshold (default: the model folder's scheduler config)."""
+    linear_range: float | None = None
+    """PCM grid: fraction of linear steps (default: the model folder's scheduler config)."""
+    transformer_path: str = ""
+    """A diffusers transformer folder to use instead of MODEL_PATH/transformer (e.g. .../transformer_ema)."""
+    lora_path: str = ""
+    """A diffusers-format LoRA folder (default: MODEL_PATH/lora when present)."""
+    lora_scale: float | None = None
+    """LoRA scale; default alpha/rank from the folder's fastvideo_lora.json, else 1."""
+    output_path: str = "outputs/samples"
+    fps: float = 30.0
+    dtype: str = "auto"
+    """bf16 | fp32 | auto (bf16 on GPU, fp32 on CPU)."""
+    save_latents: bool = False
+    """Also write each video's final latents as .pt (for exact comparisons)."""
+
+    def __post_init__(self):
+        if self.scheduler_type not in SCHEDULERS:
+            raise ValueError(
+                f"--scheduler_type must be one of {', '.join(SCHEDULERS)}, got {self.scheduler_type!r}"
+            )
+        if self.num_inference_steps < 1:
+            raise ValueError("--num_inference_steps must be >= 1")
+        if self.dtype not in ("auto", "bf16", "fp32"):
+            raise ValueError("--dtype must be auto, bf16 or fp32")
+
+    @property
+    def prompt_list(self) -> list[str]:
+        prompts = [p.strip() for p in self.prompts.split(self.prompt_separator)] if self.prompts else []
+        if self.prompt_path:
+            prompts += Path(self.prompt_path).read_text(encoding="utf-8").splitlines()
+        return [p.strip() for p in prompts if p.strip()]
+
+    @property
+    def seed_list(self) -> list[int]:
+        return [int(s) for s in self.seeds.split(",") if s.strip()] if self.seeds else [self.seed]
+
+
+@dataclass
+class Request:
+    """One video to generate; the fields a user may change between videos (the demo's controls)."""
+
+    prompt: str
+    seed: int = 0
+    negative_prompt: str = ""
+    num_frames: int = 25
+    height: int = 64
+    width: int = 96
+    num_inference_steps: int = 64
+    guidance_scale: float | None = None
+    scheduler_type: str = "auto"
+
+
+def slug(text: str, limit: int = 48) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:limit] or "prompt"
+
+
+class Sampler:
+    """Loads a pipeline folder once; ``generate(request)`` gives latents, ``decode`` gives pixels."""
+
+    def __init__(self, cfg: SampleConfig, dist_info: DistInfo | None = None):
+        self.cfg = cfg
+        self.dist = dist_info or DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+        device = self.dist.device
+        self.dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(
+            cfg.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32
+        )
+        self.model_path = Path(cfg.model_path)
+        if not (self.model_path / "model_index.json").is_file():
+            raise FileNotFoundError(
+                f"{self.model_path} is not a diffusers pipeline folder (no model_index.json)"
+            )
+        self.adapter = get_adapter_class(cfg.model_type)(self.model_path, device=device, dtype=self.dtype)
+        self.transformer = self.load_transformer()
+        self.adapter.load_text_encoder()
+        self.vae = None
+        self._embeds: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # --- loading ---------------------------------------------------------------------------------
+    def load_transformer(self) -> torch.nn.Module:
+        cfg = self.cfg
+        path = Path(cfg.transformer_path) if cfg.transformer_path else self.model_path / "transformer"
+        transformer = self.adapter.transformer_class().from_pretrained(path, torch_dtype=self.dtype)
+        lora = Path(cfg.lora_path) if cfg.lora_path else self.model_path / "lora"
+        if cfg.lora_path or (lora / "pytorch_lora_weights.safetensors").is_file():
+            self.apply_lora(transformer, lora)
+        transformer = transformer.to(self.dist.device).eval().requires_grad_(False)
+        if self.dist.world_size > 1:
+            import torch.distributed as dist
+
+            self.adapter.enable_sequence_parallel(transformer, dist.group.WORLD)
+        return transformer
+
+    def apply_lora(self, transformer: torch.nn.Module, folder: Path) -> None:
+        if not (folder / "pytorch_lora_weights.safetensors").is_file():
+            raise FileNotFoundError(f"no pytorch_lora_weights.safetensors in {folder}")
+        scale = self.cfg.lora_scale
+        meta = folder / "fastvideo_lora.json"
+        if scale is None:
+            info = json.loads(meta.read_text()) if meta.is_file() else {}
+            scale = info["alpha"] / info["rank"] if "alpha" in info and "rank" in info else 1.0
+        transformer.load_lora_adapter(str(folder), prefix="transformer", adapter_name="lora")
+        transformer.set_adapters(["lora"], weights=[scale])
+        if self.dist.is_main:
+            print(f"LoRA {folder} at scale {scale:g}")
+
+    # --- one video -------------------------------------------------------------------------------
+    def resolve(self, request: Request) -> tuple[str, torch.Tensor, float]:
+        """Check ``request`` against the family's rules; return (scheduler, sigmas, guidance)."""
+        rules = self.adapter.rules
+        problems = [
+            p
+            for p in (rules.frame_error(request.num_frames), rules.size_error(request.height, request.width))
+            if p
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        if request.num_inference_steps < 1:
+            raise ValueError("the number of steps must be at least 1")
+        kind = request.scheduler_type
+        if kind == "auto":
+            kind = "pcm_linear_quadratic" if self.folder_scheduler() is not None else "euler"
+        if kind == "euler":
+            sigmas = self.adapter.default_sigmas(request.num_inference_steps)
+        elif kind == "pcm_linear_quadratic":
+            scheduler = self.pcm_scheduler()
+            limit = scheduler.config.num_euler_timesteps
+            if request.num_inference_steps > limit:
+                raise ValueError(
+                    f"pcm_linear_quadratic takes at most {limit} steps (its grid), got {request.num_inference_steps}"
+                )
+            scheduler.set_timesteps(request.num_inference_steps)
+            sigmas = scheduler.sigmas
+        else:
+            raise ValueError(f"unknown scheduler {kind!r}; choose one of {', '.join(SCHEDULERS)}")
+        guidance = request.guidance_scale
+        if guidance is None:
+            guidance = 1.0 if kind == "pcm_linear_quadratic" else 4.5
+        return kind, sigmas, guidance
+
+    def folder_scheduler(self):
+        """The model folder's PCMFlowScheduler, or None when it has another scheduler."""
+        config = self.model_path / "scheduler" / "scheduler_config.json"
+        if not config.is_file() or json.loads(config.read_text()).get("_class_name") != "PCMFlowScheduler":
+            return None
+        from fastvideo.distill.pcm import PCMFlowScheduler
+
+        return PCMFlowScheduler.from_pretrained(self.model_path / "scheduler")
+
+    def pcm_scheduler(self):
+        from fastvideo.distill.pcm import PCMFlowScheduler
+
+        scheduler = self.folder_scheduler() or PCMFlowScheduler()
+        overrides = {k: v for k, v in (("linear_threshold", self.cfg.linear_threshold),
+                                       ("linear_range", self.cfg.linear_range)) if v is not None}  # fmt: skip
+        return PCMFlowScheduler.from_config({**scheduler.config, **overrides}) if overrides else scheduler
+
+    def encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if prompt not in self._embeds:
+            embeds, mask = self.adapter.encode_prompts([prompt])
+            self._embeds[prompt] = (embeds.to(self.dtype), mask)
+        return self._embeds[prompt]
+
+    def initial_noise(self, request: Request) -> torch.Tensor:
+        shape = self.adapter.rules.latent_shape(
+            request.num_frames, request.height, request.width, self.adapter.latent_channels
+        )
+        generator = torch.Generator("cpu").manual_seed(request.seed)
+        return torch.randn((1, *shape), generator=generator, dtype=torch.float32).to(self.dist.device)
+
+    def generate(self, request: Request, on_step=None) -> torch.Tensor:
+        """Final latents ``[1, C, T, h, w]`` (float32) for ``request``; every rank must call it."""
+        _, sigmas, guidance = self.resolve(request)
+        cond = self.encode(request.prompt)
+        negative = self.encode(request.negative_prompt) if guidance > 1.0 else None
+        return euler_denoise(
+            self.adapter, self.transformer, self.initial_noise(request), sigmas, *cond,
+            guidance=guidance, negative=negative, on_step=on_step, model_dtype=self.dtype,
+        )  # fmt: skip
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Pixels ``[3, F, H, W]`` in [-1, 1] of one video's latents (this rank alone)."""
+        if self.vae is None:
+            self.vae = self.adapter.load_vae()
+        return self.adapter.decode_latents(self.vae, latents)[0].cpu()
+
+    # --- the command line ------------------------------------------------------------------------
+    def run(self) -> list[Path]:
+        cfg = self.cfg
+        prompts = cfg.prompt_list
+        if not prompts:
+            raise ValueError("no prompts: pass --prompts 'a|b' or --prompt_path FILE")
+        base = Request(prompt="", negative_prompt=cfg.negative_prompt, num_frames=cfg.num_frames, height=cfg.height,
+                       width=cfg.width, num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
+                       scheduler_type=cfg.scheduler_type)  # fmt: skip
+        jobs = [replace(base, prompt=p, seed=s) for p in prompts for s in cfg.seed_list]
+        kind, _, guidance = self.resolve(jobs[0])
+        out = Path(cfg.output_path)
+        if self.dist.is_main:
+            print(f"{len(jobs)} video(s): {kind}, {cfg.num_inference_steps} steps, guidance {guidance:g}, "
+                  f"{cfg.num_frames}x{cfg.height}x{cfg.width}, SP over {self.dist.world_size} rank(s) -> {out}")  # fmt: skip
+        bar = tqdm(
+            total=len(jobs) * cfg.num_inference_steps,
+            desc="sampling",
+            unit="step",
+            disable=not self.dist.is_main,
+        )
+        written = []
+        for i, job in enumerate(jobs):
+            start = time.perf_counter()
+            latents = self.generate(job, on_step=lambda _: bar.update())
+            denoise_s = time.perf_counter() - start
+            if i % self.dist.world_size != self.dist.rank:
+                continue
+            path = out / f"{i:03d}-{slug(job.prompt)}-seed{job.seed}.mp4"
+            write_video(path, self.decode(latents), fps=cfg.fps)
+            if cfg.save_latents:
+                atomic_torch_save(latents.cpu(), path.with_suffix(".pt"))
+            total_s = time.perf_counter() - start
+            tqdm.write(f"{path} ({denoise_s:.2f} s denoising, {total_s:.2f} s with decoding): {job.prompt}")
+            written.append(path)
+        bar.close()
+        self.dist.barrier()
+        return written
+
+
+def main(argv: list[str] | None = None, model_type: str | None = None) -> int:
+    """Entry point; ``model_type`` fixes the family (the per-family scripts pass it)."""
+    try:
+        cfg = parse_config(SampleConfig, argv, description=__doc__)
+        if model_type is not None:
+            cfg.model_type = model_type
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    with distributed() as dist_info:
+        try:
+            Sampler(cfg, dist_info).run()
+        except (ValueError, FileNotFoundError) as err:
+            if dist_info.is_main:
+                print(f"error: {err}", file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

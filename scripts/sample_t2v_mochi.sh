@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Sample Mochi text-to-video through torchrun (sequence parallel over NUM_GPUS ranks).
+# Settings are environment variables with defaults; extra arguments pass through
+# (see `python fastvideo/sample/sample_t2v_mochi.py --help`), e.g. --negative_prompt "blurry" --seeds 0,1.
+#
+#   bash scripts/sample_t2v_mochi.sh                 # the quickstart's distilled tiny model, 8 PCM steps
+#   MODEL_PATH=data/mochi NUM_GPUS=8 NUM_FRAMES=163 HEIGHT=480 WIDTH=848 NUM_INFERENCE_STEPS=64 \
+#     SCHEDULER_TYPE=euler GUIDANCE_SCALE=4.5 PROMPT_PATH=assets/prompt.txt bash scripts/sample_t2v_mochi.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+MODEL_PATH=${MODEL_PATH:-outputs/distill-mochi}
+PROMPT_PATH=${PROMPT_PATH:-assets/prompt.txt}
+OUTPUT_PATH=${OUTPUT_PATH:-outputs/samples}
+NUM_GPUS=${NUM_GPUS:-1}
+NUM_FRAMES=${NUM_FRAMES:-25}
+HEIGHT=${HEIGHT:-64}
+WIDTH=${WIDTH:-96}
+NUM_INFERENCE_STEPS=${NUM_INFERENCE_STEPS:-8}
+SCHEDULER_TYPE=${SCHEDULER_TYPE:-auto}
+SEED=${SEED:-0}
+
+if [[ ! -f "$MODEL_PATH/model_index.json" ]]; then
+  echo "error: MODEL_PATH=$MODEL_PATH is not a pipeline folder (no model_index.json)." >&2
+  echo "  Run bash scripts/quickstart.sh (it leaves outputs/distill-mochi), or set MODEL_PATH=data/tiny-mochi." >&2
+  exit 2
+fi
+CMD=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NUM_GPUS" fastvideo/sample/sample_t2v_mochi.py
+  --model_path "$MODEL_PATH" --prompt_path "$PROMPT_PATH" --output_path "$OUTPUT_PATH" --num_frames "$NUM_FRAMES"
+  --height "$HEIGHT" --width "$WIDTH" --num_inference_steps "$NUM_INFERENCE_STEPS" --scheduler_type "$SCHEDULER_TYPE"
+  --seed "$SEED" ${GUIDANCE_SCALE:+--guidance_scale "$GUIDANCE_SCALE"} "$@")
+echo "+ ${CMD[*]}"
+exec "${CMD[@]}"

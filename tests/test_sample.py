@@ -1,0 +1,107 @@
+"""The sampler: equal to diffusers' MochiPipeline (euler and PCM folders), SP=2 equal to SP=1, clear errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import pytest
+import torch
+from diffusers import MochiPipeline
+
+from fastvideo.distill.pcm import PCMFlowScheduler
+from fastvideo.sample.sampler import Request, SampleConfig, Sampler
+from fastvideo.training.export import write_pipeline_folder
+
+PROMPT = "a red circle moving right"
+SMALL = dict(num_frames=13, height=32, width=48)
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def diffusers_latents(folder, steps: int, guidance: float, seed: int) -> torch.Tensor:
+    pipe = MochiPipeline.from_pretrained(folder)
+    return pipe(PROMPT, negative_prompt="", guidance_scale=guidance, num_inference_steps=steps, **SMALL,
+                generator=torch.Generator("cpu").manual_seed(seed), output_type="latent").frames  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sampler(tiny_mochi):
+    return Sampler(SampleConfig(model_path=str(tiny_mochi)))
+
+
+@pytest.mark.parametrize("guidance", [1.0, 4.5], ids=["no-cfg", "cfg"])
+def test_euler_equals_diffusers_mochi_pipeline(sampler, tiny_mochi, guidance):
+    got = sampler.generate(Request(PROMPT, seed=3, num_inference_steps=4, guidance_scale=guidance, **SMALL))
+    expected = diffusers_latents(tiny_mochi, steps=4, guidance=guidance, seed=3)
+    assert got.shape == expected.shape == (1, 12, 3, 4, 6)
+    assert relative_error(got, expected) < 1e-4
+
+
+def test_pcm_folder_is_sampled_on_its_grid_like_diffusers(tmp_path, tiny_mochi):
+    folder = tmp_path / "distilled"
+    folder.mkdir()
+    assert (
+        write_pipeline_folder(
+            folder, tiny_mochi, PCMFlowScheduler(num_euler_timesteps=10), link_transformer=True
+        )
+        == []
+    )
+    pcm = Sampler(SampleConfig(model_path=str(folder)))
+    kind, sigmas, guidance = pcm.resolve(Request(PROMPT, num_inference_steps=4))
+    assert kind == "pcm_linear_quadratic" and guidance == 1.0
+    torch.testing.assert_close(sigmas, PCMFlowScheduler(num_euler_timesteps=10).grid.sampling_sigmas(4))
+    got = pcm.generate(Request(PROMPT, seed=1, num_inference_steps=4, **SMALL))
+    expected = diffusers_latents(folder, steps=4, guidance=1.0, seed=1)
+    assert relative_error(got, expected) < 1e-4
+    with pytest.raises(ValueError, match="at most 10 steps"):
+        pcm.resolve(Request(PROMPT, num_inference_steps=11))
+
+
+def test_bad_requests_name_valid_values(sampler):
+    with pytest.raises(ValueError, match="nearest valid values: 19 or 25"):
+        sampler.resolve(Request(PROMPT, num_frames=24))
+    with pytest.raises(ValueError, match="multiples of 16"):
+        sampler.resolve(Request(PROMPT, height=40))
+
+
+def run_sampler(tiny_mochi, out, cli_env, nproc: int, *extra):
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    cmd = [*(launch if nproc > 1 else [sys.executable]), "fastvideo/sample/sample_t2v_mochi.py", "--model_path", str(tiny_mochi), "--prompts",
+           f"{PROMPT}|a blue square moving up", "--seeds", "0,5", "--num_inference_steps", "3", "--guidance_scale",
+           "3", "--output_path", str(out), "--save_latents", "--num_frames", "13", "--height", "32", "--width", "64",
+           *extra]  # fmt: skip
+    return subprocess.run(cmd, env=cli_env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_sp2_sampling_equals_one_process(tmp_path, tiny_mochi, cli_env, repo_root):
+    one, two = tmp_path / "one", tmp_path / "two"
+    for out, nproc in ((one, 1), (two, 2)):
+        proc = run_sampler(tiny_mochi, out, cli_env, nproc)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    videos = sorted(p.name for p in one.glob("*.mp4"))
+    assert videos == sorted(p.name for p in two.glob("*.mp4")) and len(videos) == 4
+    for name in videos:
+        ref, got = (
+            torch.load(one / name.replace(".mp4", ".pt")),
+            torch.load(two / name.replace(".mp4", ".pt")),
+        )
+        assert relative_error(got, ref) < 1e-5, name
+        frames = iio.imread(two / name, plugin="pyav")
+        assert frames.shape == (13, 32, 64, 3)
+    assert "s denoising" in proc.stdout + proc.stderr
+
+
+def test_sampler_refuses_bad_input_with_a_message(tmp_path, tiny_mochi, cli_env):
+    proc = run_sampler(tiny_mochi, tmp_path / "bad", cli_env, 1, "--num_frames", "12")
+    assert (
+        proc.returncode == 2
+        and "NUM_FRAMES=12 is not valid" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
+    proc = run_sampler(tmp_path / "missing", tmp_path / "bad", cli_env, 1)
+    assert proc.returncode == 2 and "not a diffusers pipeline folder" in proc.stderr

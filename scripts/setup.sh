@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install fastvideo and its dependencies into the current Python environment.
-#   bash scripts/setup.sh            # core + dev extras (pytest, ruff)
-#   EXTRAS=dev,demo bash scripts/setup.sh
+#   bash scripts/setup.sh            # core + dev extras (pytest, ruff, gradio, playwright)
+#   EXTRAS=demo bash scripts/setup.sh  # core + the gradio demo only
 # Torch: an installed torch (e.g. your CUDA build) is kept. With no torch, a machine with an
 # NVIDIA GPU gets PyPI's default (CUDA) torch; one without gets the CPU wheel torch==$TORCH_CPU_VERSION
 # (set TORCH_INDEX_URL, e.g. https://download.pytorch.org/whl/cpu, if your index lacks a CPU wheel).

@@ -23,6 +23,7 @@ import json
 import re
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from fastvideo.parallel.process_group import DistInfo, distributed
 from fastvideo.sample.denoise import euler_denoise
 
 SCHEDULERS = ("auto", "euler", "pcm_linear_quadratic")
+EMBED_CACHE = 32
 
 
 @dataclass
@@ -138,7 +140,7 @@ class Sampler:
         self.transformer = self.load_transformer()
         self.adapter.load_text_encoder()
         self.vae = None
-        self._embeds: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._embeds: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
     # --- loading ---------------------------------------------------------------------------------
     def load_transformer(self) -> torch.nn.Module:
@@ -220,9 +222,13 @@ class Sampler:
         return PCMFlowScheduler.from_config({**scheduler.config, **overrides}) if overrides else scheduler
 
     def encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text embeddings, cached for the last EMBED_CACHE prompts (a long-running demo stays bounded)."""
         if prompt not in self._embeds:
             embeds, mask = self.adapter.encode_prompts([prompt])
             self._embeds[prompt] = (embeds.to(self.dtype), mask)
+            while len(self._embeds) > EMBED_CACHE:
+                self._embeds.popitem(last=False)
+        self._embeds.move_to_end(prompt)
         return self._embeds[prompt]
 
     def initial_noise(self, request: Request) -> torch.Tensor:

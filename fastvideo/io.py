@@ -48,6 +48,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{path.name}{TMP_MARK}", dir=path.parent))
+    # mkdtemp creates 0700 folders; give the result the permissions a plain mkdir() would.
+    os.chmod(staging, 0o777 & ~_UMASK)
     try:
         yield staging
         shutil.rmtree(path, ignore_errors=True)

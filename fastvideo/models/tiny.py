@@ -1,16 +1,26 @@
-"""Build the embedded tiny default: a small random model in the exact diffusers layout of the real one.
+"""Build the embedded tiny default: a small model in the exact diffusers layout of the real one.
 
     python -m fastvideo.models.tiny --model_type mochi --output data/tiny-mochi
 
 writes ``model_index.json`` plus ``transformer/``, ``vae/``, ``text_encoder/``, ``tokenizer/`` and
 ``scheduler/``, deterministically from ``--seed`` and without any network access. The same
 loading code then serves this directory and ``genmo/mochi-1-preview``; every script defaults to it
-so the whole pipeline runs on a CPU laptop. The weights are random, so its videos are noise.
+so the whole pipeline runs on a CPU laptop.
+
+The VAE is trained: its weights ship in ``assets/tiny-mochi-vae/`` (made by
+``scripts/train_tiny_vae.py`` on the synthetic clips of ``fastvideo.data_preprocess.synthetic``), so
+latents decode back to pictures (held-out clips, 25 frames at 64x96: about 23.5 dB PSNR; shapes,
+positions and motion come back, colours as one muted average; the goal in tests/test_tiny_vae.py is
+25 dB) and its ``latents_mean`` / ``latents_std`` normalise them to about zero mean and unit
+variance per channel. The DiT and the T5 encoder are random (seeded), so
+samples of the untrained DiT are still noise, decoded by a working VAE. A folder built before (a
+random VAE, or other VAE weights) is rebuilt: the marker records ``TINY_FORMAT`` and the VAE's hash.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -20,6 +30,9 @@ import torch
 from fastvideo.io import atomic_dir
 
 TINY_MARKER = "fastvideo_tiny.json"
+# Part of the marker: bump it whenever the same seed builds different weights, so folders built
+# before are rebuilt. 2: the VAE is the trained one from assets/ (1 had a random VAE).
+TINY_FORMAT = 2
 
 # Words of the synthetic captions plus common caption words get their own token; any other word
 # falls back to single characters, so every prompt tokenizes.
@@ -44,6 +57,19 @@ TINY_MOCHI_DIT = dict(
     time_embed_dim=32,
     max_sequence_length=256,
 )
+
+# The one tiny Mochi VAE architecture: build_tiny_mochi loads the weights scripts/train_tiny_vae.py
+# trained for it. Same temporal (6x) and spatial (8x) compression as the real VAE, so latent shapes
+# follow the real rule; GroupNorm needs channel counts divisible by 32.
+TINY_MOCHI_VAE = dict(
+    encoder_block_out_channels=(32, 32, 32, 32),
+    decoder_block_out_channels=(32, 32, 32, 32),
+    layers_per_block=(1, 1, 1, 1, 1),
+    add_attention_block=(False, False, False, False, False),
+)
+# In the repository beside the package (found by an editable install, which scripts/setup.sh makes).
+TINY_MOCHI_VAE_DIR = Path(__file__).resolve().parents[2] / "assets" / "tiny-mochi-vae"
+VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
 
 
 def build_t5_tokenizer(model_max_length: int = 256):
@@ -71,10 +97,45 @@ def build_t5_tokenizer(model_max_length: int = 256):
     )
 
 
+def check_tiny_mochi_vae(path: Path | None = None) -> Path:
+    """The folder of the trained tiny VAE (default: the shipped one); FileNotFoundError naming the fix."""
+    path = TINY_MOCHI_VAE_DIR if path is None else Path(path)
+    missing = [name for name in VAE_FILES if not (path / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"the trained tiny Mochi VAE is missing ({', '.join(missing)} not in {path}); "
+            "make it with `OMP_NUM_THREADS=1 python scripts/train_tiny_vae.py` (about 20 min on one CPU core)"
+        )
+    return path
+
+
+def load_tiny_mochi_vae(path: Path | None = None):
+    """The trained tiny VAE (float32), refusing weights made for another architecture."""
+    from diffusers import AutoencoderKLMochi
+
+    path = check_tiny_mochi_vae(path)
+    vae = AutoencoderKLMochi.from_pretrained(path, torch_dtype=torch.float32)
+    wrong = [k for k, v in TINY_MOCHI_VAE.items() if tuple(vae.config[k]) != v]
+    if wrong:
+        raise ValueError(
+            f"{path} is not a tiny Mochi VAE ({', '.join(wrong)} differ from TINY_MOCHI_VAE); "
+            "retrain it with `python scripts/train_tiny_vae.py`"
+        )
+    return vae
+
+
+def tiny_mochi_vae_digest(path: Path | None = None) -> str:
+    """sha256 of the trained VAE's files: the built model's marker records it."""
+    path = check_tiny_mochi_vae(path)
+    digest = hashlib.sha256()
+    for name in VAE_FILES:
+        digest.update((path / name).read_bytes())
+    return digest.hexdigest()
+
+
 def build_tiny_mochi(seed: int = 0):
-    """A MochiPipeline with a 2-block DiT (4 heads x 16), a 32-channel VAE and a 2-layer T5."""
+    """A MochiPipeline with a 2-block DiT (4 heads x 16), the trained 32-channel VAE and a 2-layer T5."""
     from diffusers import (
-        AutoencoderKLMochi,
         FlowMatchEulerDiscreteScheduler,
         MochiPipeline,
         MochiTransformer3DModel,
@@ -99,15 +160,7 @@ def build_tiny_mochi(seed: int = 0):
     )
     torch.manual_seed(seed + 1)
     transformer = MochiTransformer3DModel(**TINY_MOCHI_DIT)
-    torch.manual_seed(seed + 2)
-    # Same temporal (6x) and spatial (8x) compression as the real VAE, so latent shapes follow
-    # the real rule; GroupNorm needs channel counts divisible by 32.
-    vae = AutoencoderKLMochi(
-        encoder_block_out_channels=(32, 32, 32, 32),
-        decoder_block_out_channels=(32, 32, 32, 32),
-        layers_per_block=(1, 1, 1, 1, 1),
-        add_attention_block=(False, False, False, False, False),
-    )
+    vae = load_tiny_mochi_vae()
     # Mochi's timesteps run reversed: the transformer sees 1000 * (1 - sigma).
     scheduler = FlowMatchEulerDiscreteScheduler(invert_sigmas=True)
     return MochiPipeline(
@@ -116,30 +169,54 @@ def build_tiny_mochi(seed: int = 0):
 
 
 TINY_BUILDERS = {"mochi": build_tiny_mochi}
+# What else, besides the seed, the built weights depend on.
+TINY_INPUTS = {"mochi": lambda: {"vae_sha256": tiny_mochi_vae_digest()}}
+
+
+def tiny_marker(model_type: str, seed: int) -> dict:
+    return {"model_type": model_type, "seed": seed, "format": TINY_FORMAT, **TINY_INPUTS[model_type]()}
+
+
+def _read_marker(output: Path) -> dict | None:
+    marker = output / TINY_MARKER
+    if not (marker.is_file() and (output / "model_index.json").is_file()):
+        return None
+    try:
+        found = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
 
 
 def is_built(output: Path, model_type: str, seed: int) -> bool:
-    marker = output / TINY_MARKER
-    if not (marker.is_file() and (output / "model_index.json").is_file()):
-        return False
-    return json.loads(marker.read_text()) == {"model_type": model_type, "seed": seed}
+    return _read_marker(output) == tiny_marker(model_type, seed)
+
+
+def is_stale(output: Path, model_type: str, seed: int) -> bool:
+    """A tiny model this module built for ``model_type`` and ``seed`` from older weights (e.g. a random VAE)."""
+    found = _read_marker(output)
+    return found is not None and found.get("model_type") == model_type and found.get("seed") == seed
 
 
 def build_tiny(model_type: str, output: str | Path, *, seed: int = 0, overwrite: bool = False) -> Path:
-    """Write the tiny pipeline to ``output`` atomically (built in a temp folder, then renamed)."""
+    """Write the tiny pipeline to ``output`` atomically (built in a temp folder, then renamed).
+
+    A folder holding this model already is kept; one holding a stale build of it (same type and
+    seed, older format or other VAE weights) is rebuilt; anything else needs ``overwrite``.
+    """
     if model_type not in TINY_BUILDERS:
         raise ValueError(f"no tiny model for {model_type!r}; available: {', '.join(TINY_BUILDERS)}")
     output = Path(output)
     if is_built(output, model_type, seed) and not overwrite:
         return output
-    if output.exists() and not overwrite:
+    if output.exists() and not overwrite and not is_stale(output, model_type, seed):
         raise FileExistsError(
             f"{output} exists and is not a tiny {model_type} model with seed {seed}; pass --overwrite"
         )
     with atomic_dir(output) as staging:
         pipe = TINY_BUILDERS[model_type](seed)
         pipe.save_pretrained(staging, safe_serialization=True)
-        (staging / TINY_MARKER).write_text(json.dumps({"model_type": model_type, "seed": seed}))
+        (staging / TINY_MARKER).write_text(json.dumps(tiny_marker(model_type, seed)))
     return output
 
 
@@ -149,13 +226,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--model_type", default="mochi", choices=sorted(TINY_BUILDERS))
     parser.add_argument("--output", default="data/tiny-mochi", help="directory to write (diffusers layout)")
-    parser.add_argument("--seed", type=int, default=0, help="weights are a function of this seed alone")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="DiT and T5 weights are a function of this seed alone"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing directory")
     args = parser.parse_args(argv)
     try:
         already = is_built(Path(args.output), args.model_type, args.seed) and not args.overwrite
         path = build_tiny(args.model_type, args.output, seed=args.seed, overwrite=args.overwrite)
-    except (FileExistsError, ValueError) as err:
+    except (FileExistsError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"tiny {args.model_type} model {'already at' if already else 'written to'} {path}")

@@ -277,6 +277,7 @@ class Sampler:
         )
         written = []
         for i, job in enumerate(jobs):
+            self.dist.barrier()  # a rank still decoding the previous video would count as denoising time
             start = time.perf_counter()
             latents = self.generate(job, on_step=lambda _: bar.update())
             denoise_s = time.perf_counter() - start

@@ -165,7 +165,12 @@ class Sampler:
         if scale is None:
             info = json.loads(meta.read_text()) if meta.is_file() else {}
             scale = info["alpha"] / info["rank"] if "alpha" in info and "rank" in info else 1.0
-        transformer.load_lora_adapter(str(folder), prefix="transformer", adapter_name="lora")
+        transformer.load_lora_adapter(
+            str(folder),
+            weight_name="pytorch_lora_weights.safetensors",
+            prefix="transformer",
+            adapter_name="lora",
+        )
         transformer.set_adapters(["lora"], weights=[scale])
         if self.dist.is_main:
             print(f"LoRA {folder} at scale {scale:g}")

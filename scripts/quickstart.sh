@@ -14,7 +14,9 @@ echo "== 1/7 tiny model"
 echo "== 2/7 synthetic dataset"
 "$PYTHON" -m fastvideo.data_preprocess.synthetic --output data/synthetic
 echo "== 3/7 preprocessing to latents"
-DATA_DIR=data/synthetic/mochi OUTPUT_DIR=data/processed bash scripts/finetune_data_gen.sh --verify 2
+# --overwrite: latents made with other settings or another tiny model (e.g. before an update) are redone;
+# with the same settings and model, finished items are reused.
+DATA_DIR=data/synthetic/mochi OUTPUT_DIR=data/processed bash scripts/finetune_data_gen.sh --verify 2 --overwrite
 echo "== 4/7 fine-tuning (FSDP2 + Ulysses SP over 2 processes, EMA, checkpoints, validation)"
 NUM_GPUS=2 SP_SIZE=2 MAX_TRAIN_STEPS=20 OUTPUT_DIR=outputs/finetune-mochi bash scripts/finetune_mochi.sh --use_ema
 echo "== 5/7 LoRA (rank 16, FSDP2 + SP over 2 processes)"

@@ -150,6 +150,24 @@ def test_rerun_reuses_and_refuses_other_settings(tiny_mochi, synthetic, tmp_path
     assert report(out)["encoded_this_run"] == len(first)
 
 
+def test_changed_model_at_the_same_path_is_refused(tiny_mochi, synthetic, tmp_path, capsys):
+    """A model rebuilt in place (here: another VAE normalisation) must not reuse the old latents."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_mochi, model)
+    out = tmp_path / "out"
+    assert run(model, out, "--data_dir", synthetic.mochi_dir) == 0
+    config = model / "vae" / "config.json"
+    vae = json.loads(config.read_text())
+    config.write_text(json.dumps({**vae, "scaling_factor": 2 * vae["scaling_factor"]}))
+    capsys.readouterr()
+    assert run(model, out, "--data_dir", synthetic.mochi_dir) == 2
+    assert "model_fingerprint" in capsys.readouterr().err
+    assert run(model, out, "--data_dir", synthetic.mochi_dir, "--overwrite") == 0
+    assert report(out)["encoded_this_run"] == report(out)["items_ready"] > 0
+
+
 def test_changed_caption_is_re_embedded(tiny_mochi, tmp_path):
     data = make_synthetic_dataset(tmp_path / "data", num_videos=2, num_images=0, seed=2)
     out = tmp_path / "out"

@@ -20,6 +20,7 @@ incompatible latents.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import sys
 import time
@@ -139,7 +140,28 @@ class PreprocessConfig:
     def defining(self) -> dict:
         d = dataclasses.asdict(self)
         d["model_path"] = str(Path(self.model_path).resolve())
-        return {k: d[k] for k in OUTPUT_DEFINING}
+        return {
+            **{k: d[k] for k in OUTPUT_DEFINING},
+            "model_fingerprint": model_fingerprint(Path(self.model_path)),
+        }
+
+
+def model_fingerprint(model_path: Path) -> str:
+    """Changes when the encoders at ``model_path`` change (e.g. a rebuilt tiny model at the same path).
+
+    sha256 of the VAE's and text encoder's JSON configs and the names and sizes of their other files,
+    so it costs no pass over the weights.
+    """
+    digest = hashlib.sha256()
+    for sub in ("vae", "text_encoder"):
+        folder = model_path / sub
+        for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if not path.is_file():
+                continue
+            digest.update(f"{sub}/{path.name}:{path.stat().st_size}".encode())
+            if path.suffix == ".json":
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 @dataclass

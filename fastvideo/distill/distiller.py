@@ -40,7 +40,6 @@ from fastvideo.training.config import TrainConfig
 from fastvideo.training.export import load_transformer_weights
 from fastvideo.training.flow_matching import add_noise
 from fastvideo.training.trainer import Trainer, sample_generator
-from fastvideo.training.validation import run_validation
 
 
 @dataclass
@@ -181,16 +180,14 @@ class Distiller(Trainer):
         (loss / cfg.gradient_accumulation_steps).backward()
         return loss.item()
 
-    def validate(self) -> None:
-        root = Path(self.cfg.output_dir) / "validation" / f"step-{self.step:08d}"
-        with self.ema.swapped_into(self.model) if self.ema is not None else contextlib.nullcontext():
-            self.model.eval()
-            for steps in self.cfg.step_counts:
-                for guidance in self.cfg.guidance_scales:
-                    out = root / f"steps-{steps}_cfg-{guidance:g}"
-                    run_validation(self, out, sigmas=self.grid.sampling_sigmas(steps), guidance=guidance)
-                    self.logger.log_videos(self.step, out)
-            self.model.train()
+    def validation_settings(self, root: Path) -> list[tuple[Path, torch.Tensor, float]]:
+        """Every step count (on the solver grid) times every guidance scale."""
+        cfg = self.cfg
+        return [
+            (root / f"steps-{steps}_cfg-{guidance:g}", self.grid.sampling_sigmas(steps), guidance)
+            for steps in cfg.step_counts
+            for guidance in cfg.guidance_scales
+        ]
 
     def export_scheduler(self) -> PCMFlowScheduler:
         return self.cfg.scheduler()

@@ -35,6 +35,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from tqdm import tqdm
 
+from fastvideo.cli import RunError
 from fastvideo.dataset.latent_dataset import BatchPrefetcher, LatentDataset, ShapeBucketSampler
 from fastvideo.io import atomic_write_json
 from fastvideo.models import ModelAdapter, get_adapter_class
@@ -95,7 +96,7 @@ def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], device: t
     return Prodigy(params, **kwargs)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(RunError):
     """A run that must stop (non-finite loss, ...); the message is for the user."""
 
 
@@ -412,12 +413,17 @@ class Trainer:
 
     # --- validation, checkpoints, export ----------------------------------------------------------
     def validate(self) -> None:
-        out = Path(self.cfg.output_dir) / "validation" / f"step-{self.step:08d}"
+        root = Path(self.cfg.output_dir) / "validation" / f"step-{self.step:08d}"
         with self.ema.swapped_into(self.model) if self.ema is not None else contextlib.nullcontext():
             self.model.eval()
-            run_validation(self, out)
+            for out, sigmas, guidance in self.validation_settings(root):
+                run_validation(self, out, sigmas=sigmas, guidance=guidance)
+                self.logger.log_videos(self.step, out)
             self.model.train()
-        self.logger.log_videos(self.step, out)
+
+    def validation_settings(self, root: Path) -> list[tuple[Path, torch.Tensor | None, float | None]]:
+        """(folder, sigmas, guidance) per validation pass; None: the config's steps and guidance."""
+        return [(root, None, None)]
 
     def save_checkpoint(self) -> None:
         path = self.checkpoints.save(self.step, self.app_state(), self.rank_state())

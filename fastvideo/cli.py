@@ -1,7 +1,8 @@
 """Command-line parsing for the typed config dataclasses: one flag per field, in one place.
 
 Each field becomes ``--name`` with the field's default; bool fields become ``--name`` (default
-False) or ``--no_name`` (default True). The help text is the docstring that follows the field in
+False) or ``--no_name`` (default True). ``launch`` is the shared ``main`` of the torchrun entry
+points: parse, run under torch.distributed, and turn user errors into one line and an exit code. The help text is the docstring that follows the field in
 the class body (read from the source), so the dataclass stays the single description of a config.
 """
 
@@ -11,6 +12,7 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import sys
 import textwrap
 from typing import TypeVar
 
@@ -58,3 +60,30 @@ def build_parser(
 
 def parse_config(cls: type[T], argv: list[str] | None = None, *, description=None, required=()) -> T:
     return cls(**vars(build_parser(cls, description, required).parse_args(argv)))
+
+
+class RunError(RuntimeError):
+    """A run that must stop (non-finite loss, ...); the message is for the user (exit code 1)."""
+
+
+def launch(config_cls: type[T], runner_cls, argv: list[str] | None, description: str | None) -> int:
+    """Parse ``config_cls`` and run ``runner_cls(cfg, dist_info).run()`` under torch.distributed.
+
+    Bad settings or inputs (ValueError, FileNotFoundError) exit 2, a ``RunError`` exits 1, each with
+    one ``error:`` line from rank 0 instead of a traceback.
+    """
+    from fastvideo.parallel.process_group import distributed
+
+    try:
+        cfg = parse_config(config_cls, argv, description=description)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    with distributed() as dist_info:
+        try:
+            runner_cls(cfg, dist_info).run()
+        except (ValueError, FileNotFoundError, RunError) as err:
+            if dist_info.is_main:
+                print(f"error: {err}", file=sys.stderr)
+            return 1 if isinstance(err, RunError) else 2
+    return 0

@@ -13,32 +13,8 @@ from __future__ import annotations
 
 import sys
 
-from fastvideo.cli import parse_config
-from fastvideo.parallel.process_group import distributed
+from fastvideo.cli import launch
 from fastvideo.training.config import TrainConfig
-
-
-def launch(config_cls, trainer_cls, argv: list[str] | None, description: str) -> int:
-    """Parse ``config_cls`` from the command line and run ``trainer_cls`` under torch.distributed."""
-    try:
-        cfg = parse_config(config_cls, argv, description=description)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    from fastvideo.training.trainer import TrainingError
-
-    with distributed() as dist_info:
-        try:
-            trainer_cls(cfg, dist_info).run()
-        except (ValueError, FileNotFoundError) as err:
-            if dist_info.is_main:
-                print(f"error: {err}", file=sys.stderr)
-            return 2
-        except TrainingError as err:
-            if dist_info.is_main:
-                print(f"error: {err}", file=sys.stderr)
-            return 1
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

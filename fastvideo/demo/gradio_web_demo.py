@@ -202,7 +202,7 @@ def pick_model(cfg: DemoConfig) -> Path:
 
 
 def default_request(cfg: DemoConfig, sampler: Sampler) -> Request:
-    steps = cfg.default_steps or (8 if sampler.folder_scheduler() is not None else 64)
+    steps = cfg.default_steps or (8 if sampler.folder_pcm is not None else 64)
     return Request(prompt="", num_frames=cfg.default_frames, height=cfg.default_height, width=cfg.default_width,
                    num_inference_steps=steps)  # fmt: skip
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from fastvideo.train import launch
+from fastvideo.cli import launch
 
 
 def main(argv: list[str] | None = None) -> int:

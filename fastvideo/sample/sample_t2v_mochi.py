@@ -15,4 +15,4 @@ import sys
 from fastvideo.sample.sampler import main
 
 if __name__ == "__main__":
-    sys.exit(main(model_type="mochi"))
+    sys.exit(main(["--model_type", "mochi", *sys.argv[1:]]))

@@ -24,17 +24,17 @@ import re
 import sys
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from fastvideo.cli import parse_config
+from fastvideo.cli import launch
 from fastvideo.data_preprocess.video import write_video
 from fastvideo.io import atomic_torch_save
 from fastvideo.models import get_adapter_class
-from fastvideo.parallel.process_group import DistInfo, distributed
+from fastvideo.parallel.process_group import DistInfo
 from fastvideo.sample.denoise import euler_denoise
 
 SCHEDULERS = ("auto", "euler", "pcm_linear_quadratic")
@@ -139,6 +139,7 @@ class Sampler:
         self.adapter = get_adapter_class(cfg.model_type)(self.model_path, device=device, dtype=self.dtype)
         self.transformer = self.load_transformer()
         self.adapter.load_text_encoder()
+        self.folder_pcm = self.load_pcm_scheduler()
         self.vae = None
         self._embeds: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
 
@@ -190,7 +191,7 @@ class Sampler:
             raise ValueError("the number of steps must be at least 1")
         kind = request.scheduler_type
         if kind == "auto":
-            kind = "pcm_linear_quadratic" if self.folder_scheduler() is not None else "euler"
+            kind = "pcm_linear_quadratic" if self.folder_pcm is not None else "euler"
         if kind == "euler":
             sigmas = self.adapter.default_sigmas(request.num_inference_steps)
         elif kind == "pcm_linear_quadratic":
@@ -209,22 +210,25 @@ class Sampler:
             guidance = 1.0 if kind == "pcm_linear_quadratic" else 4.5
         return kind, sigmas, guidance
 
-    def folder_scheduler(self):
-        """The model folder's PCMFlowScheduler, or None when it has another scheduler."""
+    def load_pcm_scheduler(self):
+        """The PCM scheduler to sample with: the folder's (None when it has another) with the flags' overrides."""
         config = self.model_path / "scheduler" / "scheduler_config.json"
         if not config.is_file() or json.loads(config.read_text()).get("_class_name") != "PCMFlowScheduler":
             return None
         from fastvideo.distill.pcm import PCMFlowScheduler
 
-        return PCMFlowScheduler.from_pretrained(self.model_path / "scheduler")
+        return self.with_overrides(PCMFlowScheduler.from_pretrained(self.model_path / "scheduler"))
 
-    def pcm_scheduler(self):
-        from fastvideo.distill.pcm import PCMFlowScheduler
-
-        scheduler = self.folder_scheduler() or PCMFlowScheduler()
+    def with_overrides(self, scheduler):
         overrides = {k: v for k, v in (("linear_threshold", self.cfg.linear_threshold),
                                        ("linear_range", self.cfg.linear_range)) if v is not None}  # fmt: skip
-        return PCMFlowScheduler.from_config({**scheduler.config, **overrides}) if overrides else scheduler
+        return type(scheduler).from_config({**scheduler.config, **overrides}) if overrides else scheduler
+
+    def pcm_scheduler(self):
+        """The folder's PCM scheduler, or a default one (with the overrides) for a folder without."""
+        from fastvideo.distill.pcm import PCMFlowScheduler
+
+        return self.folder_pcm or self.with_overrides(PCMFlowScheduler())
 
     def encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Text embeddings, cached for the last EMBED_CACHE prompts (a long-running demo stays bounded)."""
@@ -265,10 +269,8 @@ class Sampler:
         prompts = cfg.prompt_list
         if not prompts:
             raise ValueError("no prompts: pass --prompts 'a|b' or --prompt_path FILE")
-        base = Request(prompt="", negative_prompt=cfg.negative_prompt, num_frames=cfg.num_frames, height=cfg.height,
-                       width=cfg.width, num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
-                       scheduler_type=cfg.scheduler_type)  # fmt: skip
-        jobs = [replace(base, prompt=p, seed=s) for p in prompts for s in cfg.seed_list]
+        shared = {f.name: getattr(cfg, f.name) for f in fields(Request) if f.name not in ("prompt", "seed")}
+        jobs = [Request(prompt=p, seed=s, **shared) for p in prompts for s in cfg.seed_list]
         kind, _, guidance = self.resolve(jobs[0])
         out = Path(cfg.output_path)
         if self.dist.is_main:
@@ -300,23 +302,8 @@ class Sampler:
         return written
 
 
-def main(argv: list[str] | None = None, model_type: str | None = None) -> int:
-    """Entry point; ``model_type`` fixes the family (the per-family scripts pass it)."""
-    try:
-        cfg = parse_config(SampleConfig, argv, description=__doc__)
-        if model_type is not None:
-            cfg.model_type = model_type
-    except (ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    with distributed() as dist_info:
-        try:
-            Sampler(cfg, dist_info).run()
-        except (ValueError, FileNotFoundError) as err:
-            if dist_info.is_main:
-                print(f"error: {err}", file=sys.stderr)
-            return 2
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    return launch(SampleConfig, Sampler, argv, __doc__)
 
 
 if __name__ == "__main__":

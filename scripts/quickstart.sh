@@ -27,6 +27,8 @@ NUM_GPUS=2 SP_SIZE=2 MAX_TRAIN_STEPS=20 MODEL_PATH=outputs/finetune-mochi OUTPUT
   bash scripts/distill_t2v.sh --use_ema
 echo "== 7/7 sampling the distilled model in 8 PCM steps (sequence parallel over 2 processes)"
 NUM_GPUS=2 MODEL_PATH=outputs/distill-mochi OUTPUT_PATH=outputs/samples bash scripts/sample_t2v_mochi.sh
+echo "== what the samples show (read back from their pixels; the toy model does not follow prompts yet)"
+"$PYTHON" scripts/describe_clips.py outputs/samples/*.mp4
 
 echo "quickstart done in $(( $(date +%s) - start )) s: model data/tiny-mochi, clips data/synthetic,"
 echo "latents data/processed (index videos2caption.json, report preprocess_report.json, verify/*.mp4),"

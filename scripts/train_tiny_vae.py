@@ -1,10 +1,10 @@
 """Train the embedded tiny Mochi VAE on synthetic clips and ship it as ``assets/tiny-mochi-vae/``.
 
 ``fastvideo.models.tiny`` loads these weights, so the tiny model's latents decode back to pictures.
-The VAE is ``TINY_MOCHI_VAE`` (32 channels per level, no attention, the real 6x temporal / 8x spatial
-compression, 12 latent channels). Run from the repository root, on one CPU thread:
+The VAE is ``TINY_MOCHI_VAE`` (32 channels per level, 64 in the encoder's last, no attention, the
+real 6x temporal / 8x spatial compression, 12 latent channels). Run from the repository root:
 
-    OMP_NUM_THREADS=1 python scripts/train_tiny_vae.py                 # the shipped weights, ~20 min
+    OMP_NUM_THREADS=1 python scripts/train_tiny_vae.py                 # the shipped weights, ~12 min
     OMP_NUM_THREADS=1 python scripts/train_tiny_vae.py --steps 20 --num_clips 8 --output /tmp/vae  # smoke run
 
 Data: ``--num_clips`` synthetic clips (``fastvideo.data_preprocess.synthetic``, seed ``--seed``;
@@ -14,13 +14,16 @@ to ``--height`` x ``--width``, scaled to [-1, 1]), so the VAE trains on exactly 
 preprocessing feeds it. Held-out clips come from seed ``--seed + 1``.
 
 Training: each step takes ``--batch_size`` random ``--num_frames`` windows [B, 3, F, H, W] (19 frames:
-a first frame encoded alone, as in every clip, then three 6-frame latents), encodes them, samples
-the posterior and decodes; loss = L1 + MSE (pixels in [-1, 1]) + ``--kl_weight`` x KL(posterior ||
-N(0, 1)) per latent element. AdamW, linear warm-up then cosine decay, gradient norm clipped to 1;
-the held-out PSNR is printed every ``--eval_every`` steps. Full frames, not crops: the VAE's
+a first frame encoded alone, as in every clip, then three 6-frame latents), encodes them and decodes
+the posterior mean (``--posterior``; preprocessing encodes clips to the mean too); loss = L1 + MSE
+(pixels in [-1, 1]) + ``--kl_weight`` x KL(posterior || N(0, 1)) per latent element. The weights
+start from ``init_colour_paths`` (an autoencoder that already passes colour; without it every
+colour decodes as one tan) and the encoder learns at ``--encoder_lr_scale`` x ``--lr``, so that path
+survives while the decoder learns shapes. AdamW, linear warm-up then cosine decay, gradient norm
+clipped to 1; the held-out PSNR is printed every ``--eval_every`` steps. Full frames, not crops: the VAE's
 GroupNorm normalises each frame over its whole area, so crops would see other statistics than
-preprocessing's frames. On one CPU thread 19-frame windows cost about 75 ms per frame and step,
-7-frame ones over 200 (per-call overheads), so 19 frames give the most training per second.
+preprocessing's frames. Per frame and step, 19-frame windows cost far less than 7-frame ones
+(per-call overheads), so 19 frames give the most training per second.
 
 Afterwards ``latents_mean`` / ``latents_std`` (12 values each: per channel over the posterior means
 of the first ``--eval_frames`` frames of every training clip, the window preprocessing takes by
@@ -44,6 +47,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLMochi
+from diffusers.models.autoencoders.autoencoder_kl_mochi import MochiResnetBlock3D
 from tqdm import tqdm
 
 from fastvideo.data_preprocess.synthetic import make_synthetic_dataset
@@ -70,9 +74,11 @@ class Settings:
     eval_frames: int
     eval_every: int
     lr: float
+    encoder_lr_scale: float
     warmup_steps: int
     weight_decay: float
     kl_weight: float
+    posterior: str
     threads: int
 
 
@@ -82,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     )
     parser.add_argument("--output", default=str(TINY_MOCHI_VAE_DIR), help="diffusers folder to write")
     parser.add_argument("--seed", type=int, default=0, help="weights, data and sampling follow from it")
-    parser.add_argument("--steps", type=int, default=850)
+    parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--num_frames", type=int, default=19, help="frames per training window (6k+1)")
     parser.add_argument("--height", type=int, default=64, help="frame height (multiple of 16)")
@@ -90,11 +96,23 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--num_clips", type=int, default=84, help="training clips (84 = every combination)")
     parser.add_argument("--heldout_clips", type=int, default=8, help="clips of seed + 1 to evaluate on")
     parser.add_argument("--eval_frames", type=int, default=25, help="frames per clip for statistics and PSNR")
-    parser.add_argument("--eval_every", type=int, default=200, help="held-out PSNR every N steps (0: never)")
+    parser.add_argument("--eval_every", type=int, default=250, help="held-out PSNR every N steps (0: never)")
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument(
+        "--encoder_lr_scale",
+        type=float,
+        default=0.1,
+        help="the encoder learns at lr x this, so its colour path (see init_colour_paths) stays while the decoder learns",
+    )
     parser.add_argument("--warmup_steps", type=int, default=50)
     parser.add_argument("--weight_decay", type=float, default=1e-2)
     parser.add_argument("--kl_weight", type=float, default=1e-6, help="weight of the per-element KL term")
+    parser.add_argument(
+        "--posterior",
+        choices=("mode", "sample"),
+        default="mode",
+        help="decode the posterior mean (preprocessing encodes clips to it) or a sample during training",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     s = Settings(**vars(parser.parse_args(argv)))
     frames_per_clip = round(CLIP_SECONDS * TRAIN_FPS)
@@ -119,6 +137,60 @@ def load_clips(folder: Path, *, seed: int, count: int, height: int, width: int) 
     )
 
 
+# init_colour_paths: stream channels that carry R, G and B, each beside a channel held at 1.
+RGB_CHANNELS, ONE_CHANNELS = (0, 2, 4), (1, 3, 5)
+
+
+@torch.no_grad()
+def init_colour_paths(vae: AutoencoderKLMochi) -> None:
+    """Start from an autoencoder that already passes colour: average-pool RGB into latents 0-2 and back.
+
+    Why: GroupNorm with 32 groups over 32 channels normalises every channel of every frame on its
+    own, so the residual branches only see where a flat shape is, never its colour; colour has to
+    travel the chain of linear maps beside them (proj_in, the strided convs, proj_out; conv_in, the
+    up-sampling projections, proj_out). With default init that chain has a small gain and learns
+    slowly, and training settles on one average colour (tan) for every shape. Here every residual
+    branch starts at zero (its last conv), and the linear maps copy R, G, B along channels 0, 2, 4
+    (averaging in the strided convs, repeating in the up-sampling ones). The encoder's final norm
+    has 2 channels per group (64 channels), so each colour channel is normalised together with a
+    channel held at 1 (a bias), which keeps its level. Same architecture; only the starting point.
+    """
+    encoder, decoder = vae.encoder, vae.decoder
+    for module in vae.modules():
+        if isinstance(module, MochiResnetBlock3D):
+            module.conv2.conv.weight.zero_()
+            module.conv2.conv.bias.zero_()
+    encoder.proj_in.weight.zero_()
+    encoder.proj_in.bias.zero_()
+    for colour, (rgb, one) in enumerate(zip(RGB_CHANNELS, ONE_CHANNELS, strict=True)):
+        encoder.proj_in.weight[rgb, colour] = 1.0  # input channels 0-2 are the pixels (then Fourier features)
+        encoder.proj_in.bias[one] = 1.0
+    for block in encoder.down_blocks:
+        conv = block.conv_in.conv
+        conv.weight.zero_()
+        conv.bias.zero_()
+        for channel in RGB_CHANNELS + ONE_CHANNELS:
+            conv.weight[channel, channel] = 1.0 / conv.weight[0, 0].numel()  # a mean over the window
+    encoder.proj_out.weight.zero_()  # no bias: log-variances start at 0
+    for latent, rgb in enumerate(RGB_CHANNELS):
+        encoder.proj_out.weight[latent, rgb] = 1.0
+    decoder.conv_in.weight.zero_()
+    decoder.conv_in.bias.zero_()
+    for channel in range(vae.config.latent_channels):
+        decoder.conv_in.weight[channel, channel] = 1.0
+    for block in decoder.up_blocks:
+        proj = block.proj
+        repeats = block.temporal_expansion * block.spatial_expansion**2
+        proj.weight.zero_()
+        proj.bias.zero_()
+        for channel in range(min(proj.in_features, proj.out_features // repeats)):
+            proj.weight[channel * repeats : (channel + 1) * repeats, channel] = 1.0
+    decoder.proj_out.weight.zero_()
+    decoder.proj_out.bias.zero_()
+    for colour in range(3):
+        decoder.proj_out.weight[colour, colour] = 1.0
+
+
 def lr_factor(step: int, s: Settings) -> float:
     """Linear warm-up to 1, then cosine decay to 0.05."""
     if step < s.warmup_steps:
@@ -137,7 +209,11 @@ def train(vae: AutoencoderKLMochi, clips: torch.Tensor, heldout: torch.Tensor, s
     """``s.steps`` AdamW steps on random windows of ``clips``; held-out PSNR every ``s.eval_every``."""
     adapter = MochiAdapter(s.output)  # only its encode_video / decode_latents are used
     gen = torch.Generator().manual_seed(s.seed)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=s.lr, betas=(0.9, 0.99), weight_decay=s.weight_decay)
+    groups = [
+        {"params": list(vae.encoder.parameters()), "lr": s.lr * s.encoder_lr_scale},
+        {"params": list(vae.decoder.parameters())},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.99), weight_decay=s.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, s))
     vae.train()
     bar = tqdm(range(1, s.steps + 1), desc="train tiny VAE", unit="step", dynamic_ncols=True)
@@ -146,7 +222,8 @@ def train(vae: AutoencoderKLMochi, clips: torch.Tensor, heldout: torch.Tensor, s
         start = torch.randint(clips.shape[2] - s.num_frames + 1, (s.batch_size,), generator=gen)
         video = torch.stack([clips[i, :, t : t + s.num_frames] for i, t in zip(index, start, strict=True)])
         posterior = vae.encode(video).latent_dist
-        decoded = vae.decode(posterior.sample(generator=gen)).sample
+        latents = posterior.mode() if s.posterior == "mode" else posterior.sample(generator=gen)
+        decoded = vae.decode(latents).sample
         l1 = (decoded - video).abs().mean()
         mse = (decoded - video).pow(2).mean()
         kl = posterior.kl().sum() / posterior.mean.numel()
@@ -201,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     torch.manual_seed(s.seed)
     vae = AutoencoderKLMochi(**TINY_MOCHI_VAE)
+    init_colour_paths(vae)
     train(vae, clips, heldout, s)
 
     first = clips[:, :, : s.eval_frames]

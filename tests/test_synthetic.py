@@ -5,7 +5,9 @@ Run: pytest tests/test_synthetic.py -q
 
 from __future__ import annotations
 
+import itertools
 import json
+from pathlib import Path
 
 import av
 import numpy as np
@@ -22,6 +24,8 @@ from fastvideo.data_preprocess.synthetic import (
     SOURCE_PROBLEMS,
     ShapeSpec,
     add_bad_items,
+    clip_frames,
+    describe_clip,
     main,
     make_synthetic_dataset,
     plan_clips,
@@ -123,6 +127,43 @@ def test_clips_are_real_and_move_as_captioned(dataset):
         assert np.allclose(middle, (start + end) / 2, atol=3)
         assert nearest_colour(frames[0]) == colour and nearest_colour(frames[-1]) == colour
     assert len(directions_seen) >= 3
+
+
+def test_describe_clip_reads_back_every_caption(dataset):
+    # From the mp4 files (compression noise, soft edges) ...
+    for name, caption in dataset.captions.items():
+        if name.endswith(".mp4"):
+            assert describe_clip(np.stack(decode(dataset.mochi_dir / name)[0])).caption == caption, name
+    # ... and for every combination at the preprocessing size, where shapes are smallest.
+    for colour, shape, direction in itertools.product(COLOURS, SHAPES, DIRECTIONS):
+        spec = ShapeSpec(colour, shape, direction, 0.3)
+        described = describe_clip(np.stack(list(clip_frames(spec, 25, 64, 96))))
+        assert described.caption == spec.caption
+        assert abs(described.across - 0.3) < 0.2
+    still = np.stack(list(clip_frames(ShapeSpec("red", "circle", None, 0.5), 5, 64, 96)))
+    assert describe_clip(still).caption == "a red circle"
+    empty = np.zeros((5, 64, 96, 3), np.uint8) + np.asarray(BACKGROUND, np.uint8)
+    assert describe_clip(empty) is None
+
+
+def test_describe_clips_script_scores_sampler_named_files(dataset, tmp_path, capsys):
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import describe_clips
+
+    name, caption = next((n, c) for n, c in dataset.captions.items() if n.endswith(".mp4"))
+    right = tmp_path / f"000-{caption.replace(' ', '-')}-seed0.mp4"
+    shutil.copy(dataset.mochi_dir / name, right)
+    other = caption.replace(caption.split()[-1], "nowhere")  # the direction is not the one shown
+    wrong = tmp_path / f"001-{other.replace(' ', '-')}-seed3.mp4"
+    shutil.copy(dataset.mochi_dir / name, wrong)
+    assert describe_clips.main([str(right), str(wrong)]) == 0
+    out = capsys.readouterr().out
+    assert f"asked '{caption}', shows '{caption}'" in out
+    assert "5 of 5 asked properties" in out  # the wrong file names no direction: 3 + 2
+    assert describe_clips.main([str(tmp_path / "missing.mp4")]) == 2
 
 
 def test_images_are_still_pngs_of_the_captioned_colour(dataset):

@@ -3,6 +3,7 @@
 Each clip shows one coloured shape (circle, square or triangle) moving smoothly in a straight line
 (left, right, up or down) across a dark background, captioned e.g. "a red circle moving right"; a few
 still images (.png) are captioned e.g. "a blue square". Everything is deterministic from ``seed``.
+``describe_clip`` reads such a caption back from a clip's pixels (to check decoded or sampled videos).
 Clips are encoded with ffmpeg through imageio-ffmpeg (libx264, yuv420p, faststart) so any decoder
 reads them. The media are written once, into the Mochi-style folder, and every other format points
 there with relative paths, so the dataset can be moved as a whole::
@@ -173,6 +174,64 @@ def render_frame(spec: ShapeSpec, t: float, height: int, width: int) -> np.ndarr
 def clip_frames(spec: ShapeSpec, num_frames: int, height: int, width: int) -> Iterator[np.ndarray]:
     for k in range(num_frames):
         yield render_frame(spec, k / max(1, num_frames - 1), height, width)
+
+
+# describe_clip: a pixel belongs to the shape when its RGB is this far (sum of absolute
+# differences, 0-765) from BACKGROUND; a shape whose centroid travels less than MIN_TRAVEL
+# (fraction of the frame) is still.
+FOREGROUND_DISTANCE = 90
+MIN_TRAVEL = 0.15
+
+
+def nearest_colour(rgb: np.ndarray) -> str:
+    """The COLOURS entry whose direction from BACKGROUND is closest to ``rgb``'s.
+
+    A shape blended with the background (soft edges, blur, a dim decode) lies on the line from
+    BACKGROUND to its colour, so the direction, not the distance, names the colour.
+    """
+    background = np.asarray(BACKGROUND, np.float32)
+    offset = np.asarray(rgb, np.float32) - background
+
+    def cosine(name: str) -> float:
+        target = np.asarray(COLOURS[name], np.float32) - background
+        return float(offset @ target / (np.linalg.norm(offset) * np.linalg.norm(target) + 1e-6))
+
+    return max(COLOURS, key=cosine)
+
+
+def describe_clip(frames: np.ndarray, *, min_pixels: int = 4) -> ShapeSpec | None:
+    """Read back what a clip of this kind shows: frames [T, H, W, 3] uint8 -> ShapeSpec, or None.
+
+    The inverse of ``clip_frames``, for checking generated or decoded videos: the shape's pixels are
+    those far from BACKGROUND; its colour is the COLOURS entry nearest their mean (``nearest_colour``); its kind follows
+    from how much of its bounding box it fills (square ~1, circle ~pi/4, triangle ~1/2); its direction
+    from the travel of its centroid between the first and last thirds of the frames that show it.
+    ``across`` is the centroid's mean position across the motion, as a fraction of the frame. None
+    when fewer than two frames show ``min_pixels`` shape pixels.
+    """
+    distance = np.abs(frames.astype(np.float32) - np.asarray(BACKGROUND, np.float32)).sum(-1)
+    masks = [mask for mask in distance > FOREGROUND_DISTANCE if mask.sum() >= min_pixels]
+    if len(masks) < 2:
+        return None
+    height, width = masks[0].shape
+    centres, fills = [], []
+    for mask in masks:
+        ys, xs = np.nonzero(mask)
+        centres.append(((xs.mean() + 0.5) / width, (ys.mean() + 0.5) / height))
+        fills.append(mask.sum() / ((np.ptp(xs) + 1) * (np.ptp(ys) + 1)))
+    colour = nearest_colour(frames[distance > FOREGROUND_DISTANCE].astype(np.float32).mean(0))
+    fill = float(np.median(fills))
+    shape = "square" if fill > 0.9 else "circle" if fill > 0.65 else "triangle"
+    third = max(1, len(centres) // 3)
+    (x0, y0), (x1, y1) = np.mean(centres[:third], 0), np.mean(centres[-third:], 0)
+    dx, dy = x1 - x0, y1 - y0
+    if max(abs(dx), abs(dy)) < MIN_TRAVEL:
+        direction, across = None, float(np.mean(centres, 0)[0])
+    elif abs(dx) >= abs(dy):
+        direction, across = ("right" if dx > 0 else "left"), float(np.mean([c[1] for c in centres]))
+    else:
+        direction, across = ("down" if dy > 0 else "up"), float(np.mean([c[0] for c in centres]))
+    return ShapeSpec(colour, shape, direction, across)
 
 
 # ----------------------------------------------------------------------------- writing

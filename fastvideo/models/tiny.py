@@ -9,10 +9,10 @@ so the whole pipeline runs on a CPU laptop.
 
 The VAE is trained: its weights ship in ``assets/tiny-mochi-vae/`` (made by
 ``scripts/train_tiny_vae.py`` on the synthetic clips of ``fastvideo.data_preprocess.synthetic``), so
-latents decode back to pictures (held-out clips, 25 frames at 64x96: about 23.5 dB PSNR; shapes,
-positions and motion come back, colours as one muted average; the goal in tests/test_tiny_vae.py is
-25 dB) and its ``latents_mean`` / ``latents_std`` normalise them to about zero mean and unit
-variance per channel. The DiT and the T5 encoder are random (seeded), so
+latents decode back to pictures (held-out clips, 25 frames at 64x96: 27.2 dB, colours,
+positions and motion right, corners of squares and triangles rounded; tests/test_tiny_vae.py checks
+25 dB and reads colour and direction back) and its ``latents_mean`` / ``latents_std`` normalise them
+to about zero mean and unit variance per channel. The DiT and the T5 encoder are random (seeded), so
 samples of the untrained DiT are still noise, decoded by a working VAE. A folder built before (a
 random VAE, or other VAE weights) is rebuilt: the marker records ``TINY_FORMAT`` and the VAE's hash.
 """
@@ -31,8 +31,9 @@ from fastvideo.io import atomic_dir
 
 TINY_MARKER = "fastvideo_tiny.json"
 # Part of the marker: bump it whenever the same seed builds different weights, so folders built
-# before are rebuilt. 2: the VAE is the trained one from assets/ (1 had a random VAE).
-TINY_FORMAT = 2
+# before are rebuilt. 2: the VAE is the trained one from assets/ (1 had a random VAE). 3: the VAE
+# keeps colours (64 channels in the encoder's last level).
+TINY_FORMAT = 3
 
 # Words of the synthetic captions plus common caption words get their own token; any other word
 # falls back to single characters, so every prompt tokenizes.
@@ -60,9 +61,11 @@ TINY_MOCHI_DIT = dict(
 
 # The one tiny Mochi VAE architecture: build_tiny_mochi loads the weights scripts/train_tiny_vae.py
 # trained for it. Same temporal (6x) and spatial (8x) compression as the real VAE, so latent shapes
-# follow the real rule; GroupNorm needs channel counts divisible by 32.
+# follow the real rule; GroupNorm needs channel counts divisible by 32. The encoder's last level has
+# 64 channels, so its final GroupNorm (32 groups) normalises channels in pairs and colour survives
+# it (see init_colour_paths in scripts/train_tiny_vae.py).
 TINY_MOCHI_VAE = dict(
-    encoder_block_out_channels=(32, 32, 32, 32),
+    encoder_block_out_channels=(32, 32, 32, 64),
     decoder_block_out_channels=(32, 32, 32, 32),
     layers_per_block=(1, 1, 1, 1, 1),
     add_attention_block=(False, False, False, False, False),

@@ -1,0 +1,61 @@
+"""Say what synthetic-style mp4 clips show, read back from their pixels, beside the prompt they were made from.
+
+    python scripts/describe_clips.py outputs/samples/*.mp4
+
+For videos of the embedded tiny default (one coloured shape moving on a dark background, like the
+clips of ``fastvideo.data_preprocess.synthetic``), each line gives the prompt, taken from the
+sampler's file name (``000-a-red-circle-moving-right-seed0.mp4``), and what
+``describe_clip`` reads back: the colour, the kind of shape and the direction, or "no shape".
+The last line counts how many of the three properties match. It measures how far a toy model got;
+it says nothing about real footage. Exit status 0 (a report, not a check); 2 for a missing file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import imageio.v3 as iio
+
+from fastvideo.data_preprocess.synthetic import COLOURS, DIRECTIONS, SHAPES, describe_clip
+
+
+def prompt_of(path: Path) -> str:
+    """The prompt in a sampler file name: ``000-a-red-circle-seed0.mp4`` -> 'a red circle'."""
+    return re.sub(r"-seed\d+$", "", re.sub(r"^\d+-", "", path.stem)).replace("-", " ")
+
+
+def properties(words: list[str]) -> tuple[str | None, str | None, str | None]:
+    """(colour, shape, direction) named among ``words``, None where none is."""
+    return tuple(
+        next((w for w in words if w in vocabulary), None) for vocabulary in (COLOURS, SHAPES, DIRECTIONS)
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("videos", nargs="+", type=Path, help="mp4 files")
+    args = parser.parse_args(argv)
+    missing = [str(p) for p in args.videos if not p.is_file()]
+    if missing:
+        print(f"error: no such video: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    shown = named = 0
+    for path in args.videos:
+        prompt = prompt_of(path)
+        described = describe_clip(iio.imread(path, plugin="pyav"))
+        asked = properties(prompt.split())
+        seen = properties(described.caption.split()) if described else (None, None, None)
+        shown += sum(a is not None and a == b for a, b in zip(asked, seen, strict=True))
+        named += sum(a is not None for a in asked)
+        print(f"{path.name}: asked '{prompt}', shows '{described.caption if described else 'no shape'}'")
+    print(f"{shown} of {named} asked properties (colour, shape, direction) are shown")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

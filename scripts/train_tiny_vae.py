@@ -32,7 +32,8 @@ variance. The folder (config.json, fp16 diffusion_pytorch_model.safetensors that
 loads as float32, training.json with the settings and results) is written atomically, reloaded,
 and evaluated through the Mochi adapter's ``encode_video`` / ``decode_latents``: PSNR (pixels in
 [0, 1]) on the first ``--eval_frames`` frames of training and of held-out clips.
-Everything is deterministic from ``--seed`` on a given machine and thread count.
+Everything is deterministic from ``--seed`` on a given machine and thread count, but the result
+depends on the run: the same recipe on 2 threads for 700 steps reached only 23.5 dB held-out.
 """
 
 from __future__ import annotations
@@ -150,10 +151,12 @@ def init_colour_paths(vae: AutoencoderKLMochi) -> None:
     travel the chain of linear maps beside them (proj_in, the strided convs, proj_out; conv_in, the
     up-sampling projections, proj_out). With default init that chain has a small gain and learns
     slowly, and training settles on one average colour (tan) for every shape. Here every residual
-    branch starts at zero (its last conv), and the linear maps copy R, G, B along channels 0, 2, 4
-    (averaging in the strided convs, repeating in the up-sampling ones). The encoder's final norm
-    has 2 channels per group (64 channels), so each colour channel is normalised together with a
-    channel held at 1 (a bias), which keeps its level. Same architecture; only the starting point.
+    branch starts at zero (its last conv); the encoder's linear maps carry R, G, B along channels
+    0, 2, 4 (averaging in the strided convs) into latents 0-2, and the decoder's carry the latents
+    along channels 0-11 (repeating in the up-sampling projections) and read R, G, B from 0-2. The
+    encoder's final norm has 2 channels per group (64 channels), so each colour channel is normalised
+    together with a channel held at 1 (a bias), which keeps its level. Same architecture; only the
+    starting point.
     """
     encoder, decoder = vae.encoder, vae.decoder
     for module in vae.modules():

@@ -163,7 +163,15 @@ def test_describe_clips_script_scores_sampler_named_files(dataset, tmp_path, cap
     out = capsys.readouterr().out
     assert f"asked '{caption}', shows '{caption}'" in out
     assert "5 of 5 asked properties" in out  # the wrong file names no direction: 3 + 2
-    assert describe_clips.main([str(tmp_path / "missing.mp4")]) == 2
+    (tmp_path / "002-empty-seed0.mp4").write_bytes(b"")
+    assert (
+        describe_clips.main(
+            [str(tmp_path / "missing.mp4"), str(tmp_path / "002-empty-seed0.mp4"), str(right)]
+        )
+        == 2
+    )
+    captured = capsys.readouterr()
+    assert captured.err.count("cannot read") == 2 and "3 of 3 asked properties" in captured.out
 
 
 def test_images_are_still_pngs_of_the_captioned_colour(dataset):

@@ -20,19 +20,12 @@ from pathlib import Path
 
 import imageio.v3 as iio
 
-from fastvideo.data_preprocess.synthetic import COLOURS, DIRECTIONS, SHAPES, describe_clip
+from fastvideo.data_preprocess.synthetic import describe_clip, matching_properties
 
 
 def prompt_of(path: Path) -> str:
     """The prompt in a sampler file name: ``000-a-red-circle-seed0.mp4`` -> 'a red circle'."""
     return re.sub(r"-seed\d+$", "", re.sub(r"^\d+-", "", path.stem)).replace("-", " ")
-
-
-def properties(words: list[str]) -> tuple[str | None, str | None, str | None]:
-    """(colour, shape, direction) named among ``words``, None where none is."""
-    return tuple(
-        next((w for w in words if w in vocabulary), None) for vocabulary in (COLOURS, SHAPES, DIRECTIONS)
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,10 +44,8 @@ def main(argv: list[str] | None = None) -> int:
             unreadable += 1
             continue
         described = describe_clip(frames)
-        asked = properties(prompt.split())
-        seen = properties(described.caption.split()) if described else (None, None, None)
-        shown += sum(a is not None and a == b for a, b in zip(asked, seen, strict=True))
-        named += sum(a is not None for a in asked)
+        hits, asked = matching_properties(prompt, described)
+        shown, named = shown + hits, named + asked
         print(f"{path.name}: asked '{prompt}', shows '{described.caption if described else 'no shape'}'")
     print(f"{shown} of {named} asked properties (colour, shape, direction) are shown")
     return 2 if unreadable else 0

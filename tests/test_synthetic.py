@@ -28,6 +28,7 @@ from fastvideo.data_preprocess.synthetic import (
     describe_clip,
     main,
     make_synthetic_dataset,
+    matching_properties,
     plan_clips,
     render_frame,
     shape_coverage,
@@ -144,6 +145,16 @@ def test_describe_clip_reads_back_every_caption(dataset):
     assert describe_clip(still).caption == "a red circle"
     empty = np.zeros((5, 64, 96, 3), np.uint8) + np.asarray(BACKGROUND, np.uint8)
     assert describe_clip(empty) is None
+
+
+def test_matching_properties_counts_what_the_prompt_names():
+    assert matching_properties("a red circle moving right", ShapeSpec("red", "square", "right", 0.5)) == (
+        2,
+        3,
+    )
+    assert matching_properties("a red circle", ShapeSpec("red", "circle", "up", 0.5)) == (2, 2)
+    assert matching_properties("a blue square moving up", None) == (0, 3)
+    assert matching_properties("something else", ShapeSpec("red", "circle", None, 0.5)) == (0, 0)
 
 
 def test_describe_clips_script_scores_sampler_named_files(dataset, tmp_path, capsys):

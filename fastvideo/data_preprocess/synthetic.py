@@ -234,6 +234,19 @@ def describe_clip(frames: np.ndarray, *, min_pixels: int = 4) -> ShapeSpec | Non
     return ShapeSpec(colour, shape, direction, across)
 
 
+def matching_properties(prompt: str, described: ShapeSpec | None) -> tuple[int, int]:
+    """(properties ``described`` shows as asked, properties ``prompt`` names) of colour, shape, direction."""
+    words = prompt.split()
+    shown_words = described.caption.split() if described else []
+    shown = asked = 0
+    for vocabulary in (COLOURS, SHAPES, DIRECTIONS):
+        wanted = next((w for w in words if w in vocabulary), None)
+        got = next((w for w in shown_words if w in vocabulary), None)
+        asked += wanted is not None
+        shown += wanted is not None and wanted == got
+    return shown, asked
+
+
 # ----------------------------------------------------------------------------- writing
 
 

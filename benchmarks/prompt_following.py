@@ -129,7 +129,7 @@ def main() -> None:
         model = model_with_dit(work, base, size)
         params = sum(p.numel() for p in MochiTransformer3DModel(**SIZES[size]).parameters())
         output = work / f"{size}-{args.steps}"
-        train_s = float("nan")
+        train_s = float("nan")  # printed as "reused" when the fine-tuned folder exists
         if not (output / "model_index.json").is_file():
             print(f"fine-tuning the {size} DiT ({params:,} parameters) for {args.steps} steps")
             train_s = run([sys.executable, "-m", "fastvideo.train", "--model_path", str(model),
@@ -155,7 +155,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for size, params, guidance, train_s, shown, asked, seen in rows:
         print(
-            f"| {size} | {params:,} | {guidance:g} | {train_s:.0f} | {shown} of {asked} | {'; '.join(seen)} |"
+            f"| {size} | {params:,} | {guidance:g} | {'reused' if train_s != train_s else f'{train_s:.0f}'} "
+            f"| {shown} of {asked} | {'; '.join(seen)} |"
         )
 
 

@@ -1,9 +1,10 @@
 """Command-line parsing for the typed config dataclasses: one flag per field, in one place.
 
 Each field becomes ``--name`` with the field's default; bool fields become ``--name`` (default
-False) or ``--no_name`` (default True). ``launch`` is the shared ``main`` of the torchrun entry
-points: parse, run under torch.distributed, and turn user errors into one line and an exit code. The help text is the docstring that follows the field in
+False) or ``--no_name`` (default True). The help text is the docstring that follows the field in
 the class body (read from the source), so the dataclass stays the single description of a config.
+``launch`` is the shared ``main`` of the torchrun entry points: parse, run under torch.distributed,
+and turn user errors into one line and an exit code.
 """
 
 from __future__ import annotations

@@ -203,9 +203,10 @@ def describe_clip(frames: np.ndarray, *, min_pixels: int = 4) -> ShapeSpec | Non
     """Read back what a clip of this kind shows: frames [T, H, W, 3] uint8 -> ShapeSpec, or None.
 
     The inverse of ``clip_frames``, for checking generated or decoded videos: the shape's pixels are
-    those far from BACKGROUND; its colour is the COLOURS entry nearest their mean (``nearest_colour``); its kind follows
-    from how much of its bounding box it fills (square ~1, circle ~pi/4, triangle ~1/2); its direction
-    from the travel of its centroid between the first and last thirds of the frames that show it.
+    those far from BACKGROUND; its colour is the COLOURS entry nearest their mean
+    (``nearest_colour``); its kind follows from how much of its bounding box it fills (square ~1,
+    circle ~pi/4, triangle ~1/2); its direction from the travel of its centroid between the first
+    and last thirds of the frames that show it.
     ``across`` is the centroid's mean position across the motion, as a fraction of the frame. None
     when fewer than two frames show ``min_pixels`` shape pixels.
     """

@@ -107,7 +107,7 @@ def check_tiny_mochi_vae(path: Path | None = None) -> Path:
     if missing:
         raise FileNotFoundError(
             f"the trained tiny Mochi VAE is missing ({', '.join(missing)} not in {path}); "
-            "make it with `OMP_NUM_THREADS=1 python scripts/train_tiny_vae.py` (about 20 min on one CPU core)"
+            "make it with `OMP_NUM_THREADS=1 python scripts/train_tiny_vae.py` (about 12 min on one CPU core)"
         )
     return path
 
@@ -137,7 +137,7 @@ def tiny_mochi_vae_digest(path: Path | None = None) -> str:
 
 
 def build_tiny_mochi(seed: int = 0):
-    """A MochiPipeline with a 2-block DiT (4 heads x 16), the trained 32-channel VAE and a 2-layer T5."""
+    """A MochiPipeline with a 2-block DiT (4 heads x 16), the trained tiny VAE and a 2-layer T5."""
     from diffusers import (
         FlowMatchEulerDiscreteScheduler,
         MochiPipeline,

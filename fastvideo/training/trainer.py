@@ -224,9 +224,14 @@ class Trainer:
                 cpu_offload=cfg.cpu_offload,
             )
         model.to_empty(device="cpu" if cfg.cpu_offload else self.dist.device)
+        self.load_weights(model)
+        return model.train()
+
+    def load_weights(self, model: torch.nn.Module) -> None:
+        """Fill the materialised model: the folder's transformer, plus fresh LoRA adapters from the seed."""
+        cfg = self.cfg
         prepare = (lambda full, targets: with_lora_init(full, targets, cfg.seed)) if cfg.use_lora else None
         load_transformer_weights(model, self.adapter.model_path / "transformer", self.dist, prepare=prepare)
-        return model.train()
 
     def checkpoint_policy(self, model):
         spec = self.cfg.activation_checkpointing
@@ -242,9 +247,8 @@ class Trainer:
     def probe_activations(self, depth: int):
         """Size the activations of a 2-block copy of the DiT on the real device, batch shape and dtype."""
         config = {**self.adapter.transformer_config(), "num_layers": 2}
-        probe_model = (
-            self.adapter.transformer_class().from_config(config).to(self.dist.device, self.compute_dtype())
-        )
+        with torch.device(self.dist.device):  # initialised where it runs: no CPU init of GPU-sized blocks
+            probe_model = self.adapter.transformer_class().from_config(config).to(self.compute_dtype())
         if self.dims.sp_enabled:
             self.adapter.enable_sequence_parallel(probe_model, self.dims.sp_mesh.get_group())
         item, b, device = self.dataset[0], self.cfg.train_batch_size, self.dist.device

@@ -4,8 +4,9 @@
 
 1. Data: the tiny Mochi model (its trained VAE) and all 84 synthetic clips (7 colours x 3 shapes x 4
    directions, seed 0), preprocessed at 25 frames, 64x96.
-2. DiTs: ``small`` is the embedded default (``TINY_MOCHI_DIT``: 2 blocks, 4 heads x 16); ``large``
-   has 4 blocks, 8 heads x 16 and 64-dim time / pooled embeddings, in a copy of the model folder.
+2. DiTs: ``large`` is the embedded default (``TINY_MOCHI_DIT``: 4 blocks, 8 heads x 16, 64-dim time
+   and pooled embeddings); ``small``, the default before it (2 blocks, 4 heads x 16, 32-dim), sits
+   in a copy of the model folder.
    Each is fine-tuned with ``fastvideo.train`` on one process for ``--steps`` (batch 4, lr 5e-4).
 3. Samples: the prompts of ``assets/prompt.txt`` (all three are training captions) x ``--seeds``,
    32 Euler steps on MochiPipeline's schedule, guidance 1 and 4.5, through the sampler.
@@ -44,10 +45,10 @@ from fastvideo.models.tiny import TINY_MOCHI_DIT, build_tiny  # noqa: E402
 
 FRAMES, HEIGHT, WIDTH = 25, 64, 96
 SIZES = {
-    "small": TINY_MOCHI_DIT,
-    "large": dict(
-        TINY_MOCHI_DIT, num_attention_heads=8, num_layers=4, time_embed_dim=64, pooled_projection_dim=64
+    "small": dict(
+        TINY_MOCHI_DIT, num_attention_heads=4, num_layers=2, time_embed_dim=32, pooled_projection_dim=32
     ),
+    "large": TINY_MOCHI_DIT,
 }
 
 

@@ -1,34 +1,45 @@
 #!/usr/bin/env bash
-# Set up, then run the pipeline end to end on the embedded tiny default (CPU is enough):
-# build the tiny Mochi model, write a synthetic dataset of real mp4 clips, preprocess it to latents,
-# fine-tune and train a LoRA on 2 processes with sequence parallelism (gloo on CPU), then distill the
-# fine-tuned model to 8 steps and sample it with the torchrun sampler (SP over 2 processes).
+# Set up, then run the pipeline end to end on the embedded tiny default (CPU is enough; about 12 min
+# on 2 cores): build the tiny Mochi model, write all 84 synthetic clips (7 colours x 3 shapes x 4
+# directions) as real mp4s, preprocess them to latents, fine-tune the tiny DiT on them, train a LoRA
+# on 2 processes with FSDP2 + sequence parallelism (gloo on CPU), distill the fine-tuned model to 8
+# steps, sample it with the torchrun sampler (SP over 2 processes), and say what the samples show.
+# FINETUNE_STEPS (3000) and DISTILL_STEPS (1000) trade time for pictures: with far fewer steps the
+# same stages run in a few minutes, and the samples show less of their prompts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+FINETUNE_STEPS=${FINETUNE_STEPS:-3000}
+DISTILL_STEPS=${DISTILL_STEPS:-1000}
 start=$(date +%s)
 
 bash scripts/setup.sh
-echo "== 1/7 tiny model"
+echo "== 1/8 tiny model"
 "$PYTHON" -m fastvideo.models.tiny --model_type mochi --output data/tiny-mochi
-echo "== 2/7 synthetic dataset"
-"$PYTHON" -m fastvideo.data_preprocess.synthetic --output data/synthetic
-echo "== 3/7 preprocessing to latents"
+echo "== 2/8 synthetic dataset (all 84 colour x shape x direction clips)"
+"$PYTHON" -m fastvideo.data_preprocess.synthetic --output data/synthetic --num_videos 84
+echo "== 3/8 preprocessing to latents"
 # --overwrite: latents made with other settings or another tiny model (e.g. before an update) are redone;
 # with the same settings and model, finished items are reused.
 DATA_DIR=data/synthetic/mochi OUTPUT_DIR=data/processed bash scripts/finetune_data_gen.sh --verify 2 --overwrite
-echo "== 4/7 fine-tuning (FSDP2 + Ulysses SP over 2 processes, EMA, checkpoints, validation)"
-NUM_GPUS=2 SP_SIZE=2 MAX_TRAIN_STEPS=20 OUTPUT_DIR=outputs/finetune-mochi bash scripts/finetune_mochi.sh --use_ema
-echo "== 5/7 LoRA (rank 16, FSDP2 + SP over 2 processes)"
+echo "== 4/8 fine-tuning, $FINETUNE_STEPS steps (one process: on 2 CPU cores the fastest; EMA, checkpoints, validation)"
+# On GPUs: NUM_GPUS=8 SP_SIZE=2 ... (the LoRA step below runs this same trainer on 2 processes).
+NUM_GPUS=1 MAX_TRAIN_STEPS=$FINETUNE_STEPS TRAIN_BATCH_SIZE=4 LEARNING_RATE=5e-4 \
+  CHECKPOINTING_STEPS=1000 VALIDATION_STEPS=$FINETUNE_STEPS OUTPUT_DIR=outputs/finetune-mochi \
+  bash scripts/finetune_mochi.sh --use_ema --lr_warmup_steps 50 --weight_decay 0
+echo "== 5/8 LoRA (rank 16, FSDP2 + SP over 2 processes)"
 NUM_GPUS=2 SP_SIZE=2 MAX_TRAIN_STEPS=20 LORA_RANK=16 LORA_ALPHA=16 OUTPUT_DIR=outputs/lora-mochi \
   bash scripts/finetune_mochi_lora.sh
-echo "== 6/7 consistency distillation of the fine-tuned model (PCM, FSDP2 + SP over 2 processes, EMA)"
-NUM_GPUS=2 SP_SIZE=2 MAX_TRAIN_STEPS=20 MODEL_PATH=outputs/finetune-mochi OUTPUT_DIR=outputs/distill-mochi \
-  bash scripts/distill_t2v.sh --use_ema
-echo "== 7/7 sampling the distilled model in 8 PCM steps (sequence parallel over 2 processes)"
-NUM_GPUS=2 MODEL_PATH=outputs/distill-mochi OUTPUT_PATH=outputs/samples bash scripts/sample_t2v_mochi.sh
-echo "== what the samples show (read back from their pixels; the toy model does not follow prompts yet)"
+echo "== 6/8 consistency distillation of the fine-tuned model to 8 steps, $DISTILL_STEPS steps (PCM, EMA)"
+NUM_GPUS=1 MAX_TRAIN_STEPS=$DISTILL_STEPS LEARNING_RATE=1e-4 DISTILL_CFG=0 CHECKPOINTING_STEPS=1000 \
+  VALIDATION_STEPS=$DISTILL_STEPS MODEL_PATH=outputs/finetune-mochi OUTPUT_DIR=outputs/distill-mochi \
+  bash scripts/distill_t2v.sh --train_batch_size 4 --use_ema --ema_decay 0.95 --weight_decay 0
+echo "== 7/8 sampling the distilled model in 8 PCM steps (sequence parallel over 2 processes)"
+rm -rf outputs/samples
+NUM_GPUS=2 MODEL_PATH=outputs/distill-mochi OUTPUT_PATH=outputs/samples bash scripts/sample_t2v_mochi.sh --seeds 0,1
+echo "== 8/8 what the samples show (read back from their pixels), and a picture of them"
 "$PYTHON" scripts/describe_clips.py outputs/samples/*.mp4
+"$PYTHON" scripts/video_strip.py outputs/samples/*.mp4 --output outputs/samples.png
 
 echo "quickstart done in $(( $(date +%s) - start )) s: model data/tiny-mochi, clips data/synthetic,"
 echo "latents data/processed (index videos2caption.json, report preprocess_report.json, verify/*.mp4),"
@@ -36,3 +47,4 @@ echo "fine-tuned outputs/finetune-mochi (transformer/, transformer_ema/, metrics
 echo "LoRA outputs/lora-mochi/lora/pytorch_lora_weights.safetensors,"
 echo "distilled outputs/distill-mochi (a pipeline folder with the PCM scheduler; validation/step-N/steps-K_cfg-G/*.mp4),"
 echo "samples: $(ls outputs/samples/*.mp4 | tr '\n' ' ')"
+echo "all samples in one picture: outputs/samples.png"

@@ -185,6 +185,36 @@ def test_describe_clips_script_scores_sampler_named_files(dataset, tmp_path, cap
     assert captured.err.count("cannot read") == 2 and "3 of 3 asked properties" in captured.out
 
 
+def test_video_strip_lays_out_frames_of_each_video_under_its_prompt(dataset, tmp_path, capsys):
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import video_strip
+
+    name, caption = next((n, c) for n, c in dataset.captions.items() if n.endswith(".mp4"))
+    video = tmp_path / f"000-{caption.replace(' ', '-')}-seed7.mp4"
+    shutil.copy(dataset.mochi_dir / name, video)
+    out = tmp_path / "strip.png"
+    assert (
+        video_strip.main([str(video), str(video), "--output", str(out), "--frames", "3", "--scale", "2"]) == 0
+    )
+    frames, _ = decode(video)
+    h, w = frames[0].shape[:2]
+    sheet = np.asarray(Image.open(out).convert("RGB"))
+    gap, label = video_strip.GAP, video_strip.LABEL
+    assert sheet.shape == (2 * (label + 2 * h + gap), 3 * (2 * w + gap) - gap, 3)
+    assert video_strip.label(video) == f"{caption} (seed 7)"
+    for i, frame in enumerate((frames[0], frames[(len(frames) - 1) // 2], frames[-1])):
+        x = i * (2 * w + gap)
+        tile = sheet[label : label + 2 * h, x : x + 2 * w]
+        # Nearest-neighbour enlargement: every second pixel is the frame's own pixel.
+        assert np.abs(tile[::2, ::2].astype(int) - frame.astype(int)).mean() < 1.0
+        assert nearest_colour(tile) == caption.split()[1]
+    assert video_strip.main([str(tmp_path / "missing.mp4"), "--output", str(tmp_path / "no.png")]) == 2
+    assert not (tmp_path / "no.png").exists() and "cannot read" in capsys.readouterr().err
+
+
 def test_images_are_still_pngs_of_the_captioned_colour(dataset):
     for name, caption in dataset.captions.items():
         if name.endswith(".png"):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up, then run the pipeline end to end on the embedded tiny default (CPU is enough; about 12 min
+# Set up, then run the pipeline end to end on the embedded tiny default (CPU is enough; about 10 min
 # on 2 cores): build the tiny Mochi model, write all 84 synthetic clips (7 colours x 3 shapes x 4
 # directions) as real mp4s, preprocess them to latents, fine-tune the tiny DiT on them, train a LoRA
 # on 2 processes with FSDP2 + sequence parallelism (gloo on CPU), distill the fine-tuned model to 8

@@ -22,6 +22,8 @@ preprocessed-folder layout that ``fastvideo.train`` reads. Sections, each printe
 * ``sample``: fastvideo's ``euler_denoise`` on the bf16 DiT: 64 Euler steps on Mochi's schedule at
   guidance 4.5 (two forwards a step) against 8 steps of the default ``pcm_linear_quadratic`` grid
   at guidance 1; denoising only (the VAE decode is not timed).
+* ``compile`` (not in the default sections): the LoRA step (all blocks checkpointed) and the full
+  fine-tune, each eager and with ``--compile`` (torch.compile per block), side by side.
 """
 
 from __future__ import annotations
@@ -149,6 +151,7 @@ class Bench:
                            for depth, depth_arg in (("all", {}), ("full", {"num_layers": args.full_layers}))}  # fmt: skip
         self.text = (256, dit_config(overrides)["text_embed_dim"])
         self.out = Path(args.out)
+        self.forward_flops_of: dict[int, float] = {}
 
     def record(self, **row) -> None:
         row = {"device": self.device_name(), "date": str(datetime.date.today()), **row}
@@ -188,20 +191,21 @@ class Bench:
             times.append(time.perf_counter() - started)
         return statistics.median(times[self.args.warmup :]), times
 
-    def lora(self, frames: int, checkpointing: str) -> None:
+    def lora(self, frames: int, checkpointing: str, compile: bool = False) -> None:
         reset_memory(self.device)
-        row = {"section": "lora", "frames": frames, "checkpointing": checkpointing}
+        row = {"section": "lora", "frames": frames, "checkpointing": checkpointing, "compile": compile}
         try:
-            trainer = self.trainer(frames, "all", f"lora-{frames}-{checkpointing}", use_lora=True, lora_rank=16,
-                                   lora_alpha=16, activation_checkpointing=checkpointing,
-                                   ac_budget_gb=self.args.ac_budget_gb)  # fmt: skip
+            trainer = self.trainer(frames, "all", f"lora-{frames}-{checkpointing}-{compile}", use_lora=True,
+                                   lora_rank=16, lora_alpha=16, activation_checkpointing=checkpointing,
+                                   ac_budget_gb=self.args.ac_budget_gb, compile=compile)  # fmt: skip
         except ValueError as err:  # the trainer's refusal, e.g. a budget no checkpointing choice fits
             self.record(**row, ac_budget_gb=self.args.ac_budget_gb, error=str(err))
             return
         try:
             median, times = self.time_steps(trainer)
             if self.args.profile_dir and checkpointing == "all" and frames == self.args.profile_frames:
-                self.profile(trainer, Path(self.args.profile_dir) / f"profile_lora_{frames}.txt")
+                name = f"profile_lora_{frames}{'_compiled' if compile else ''}.txt"
+                self.profile(trainer, Path(self.args.profile_dir) / name)
         except torch.OutOfMemoryError:
             self.record(**row, checkpointed_blocks=len(trainer.ac_blocks), error="out of memory")
             return
@@ -225,15 +229,17 @@ class Bench:
         out.write_text(prof.key_averages().table(sort_by=sort, row_limit=40, max_name_column_width=90))
         print(f"profile: {out}", flush=True)
 
-    def full(self, frames: int, flops_per_s: float) -> None:
+    def full(self, frames: int, flops_per_s: float, compile: bool = False) -> None:
         reset_memory(self.device)
-        trainer = self.trainer(frames, "full", f"full-{frames}", activation_checkpointing="auto",
-                               ac_budget_gb=self.args.ac_budget_gb)  # fmt: skip
+        trainer = self.trainer(frames, "full", f"full-{frames}-{compile}", activation_checkpointing="auto",
+                               ac_budget_gb=self.args.ac_budget_gb, compile=compile)  # fmt: skip
         try:
-            forward_flops = self.forward_flops(trainer)
+            # Counted on the eager model (a compiled one runs the same FLOPs); reused for the compiled run.
+            if not compile or frames not in self.forward_flops_of:
+                self.forward_flops_of[frames] = self.forward_flops(trainer)
             median, times = self.time_steps(trainer)
-            model_flops = 3 * forward_flops
-            self.record(section="full", frames=frames, layers=self.args.full_layers,
+            model_flops = 3 * self.forward_flops_of[frames]
+            self.record(section="full", frames=frames, layers=self.args.full_layers, compile=compile,
                         parameters=sum(p.numel() for p in trainer.model.parameters()),
                         checkpointed_blocks=len(trainer.ac_blocks), s_per_step=round(median, 3),
                         peak_gb=peak_gb(self.device), model_tflop_per_step=round(model_flops / 1e12, 2),
@@ -336,6 +342,11 @@ def main(argv=None) -> None:
             for f in frames[1:] if "lora37" in sections else frames:
                 for checkpointing in ("auto", "all"):
                     bench.lora(f, checkpointing)
+        if "compile" in sections:  # eager and compiled side by side
+            for compiled in (False, True):
+                bench.lora(frames[0], "all", compile=compiled)
+            for compiled in (False, True):
+                bench.full(frames[0], rate, compile=compiled)
 
 
 if __name__ == "__main__":

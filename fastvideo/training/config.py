@@ -63,6 +63,8 @@ class TrainConfig:
     """Blocks to recompute in backward: none, all, a count (4), a fraction (0.5) or auto."""
     ac_budget_gb: float = 0.0
     """Activation memory budget for activation_checkpointing=auto, in GiB."""
+    compile: bool = False
+    """torch.compile each transformer block (after checkpointing, before FSDP2): fuses element-wise work."""
     mixed_precision: str = "auto"
     """Compute dtype: auto (bf16 on GPU, fp32 on CPU), bf16 or fp32. Gradients are reduced in fp32."""
     master_weight_type: str = "fp32"

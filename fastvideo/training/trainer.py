@@ -3,9 +3,9 @@
     setup -> train -> train_step -> forward_backward_step -> validate -> save_checkpoint -> export -> cleanup
 
 The DiT is a plain diffusers module. ``setup`` builds it on the meta device, installs the
-family's sequence-parallel plan, activation checkpointing and FSDP2 (in that order), then
-materialises it and loads the weights (rank 0 reads them, the others receive their shards), so no
-rank ever holds more than one full copy.
+family's sequence-parallel plan, activation checkpointing, torch.compile per block (``--compile``)
+and FSDP2 (in that order), then materialises it and loads the weights (rank 0 reads them, the
+others receive their shards), so no rank ever holds more than one full copy.
 
 Determinism: the noise, noise level and caption dropout of every sample come from a generator
 seeded by (seed, step, micro-step, the sample's position in the global batch), so a run is a
@@ -94,6 +94,17 @@ def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], device: t
     except ImportError:
         raise ValueError("--optimizer prodigy needs prodigyopt: pip install 'fastvideo[prodigy]'") from None
     return Prodigy(params, **kwargs)
+
+
+def compile_blocks(blocks: torch.nn.ModuleList) -> None:
+    """torch.compile each block in place (parameter names do not change; like blocks share graphs).
+
+    A checkpointed block is compiled inside its checkpoint wrapper: dynamo cannot trace a checkpoint
+    around a graph break (diffusers' Mochi attention has one, a data-dependent ``nonzero``), and would
+    run such a block eagerly. So the checkpoint stays eager and recomputes the compiled block.
+    """
+    for block in blocks:
+        getattr(block, "_checkpoint_wrapped_module", block).compile()
 
 
 class TrainingError(RunError):
@@ -212,6 +223,8 @@ class Trainer:
         self.ac_blocks = self.checkpoint_policy(model).apply(model)
         if self.dist.is_main and cfg.activation_checkpointing != "none":
             print(f"activation checkpointing: blocks {self.ac_blocks} of {len(blocks)}")
+        if cfg.compile:
+            compile_blocks(blocks)
         if self.dist.world_size > 1:
             compute = self.compute_dtype()
             apply_fsdp(

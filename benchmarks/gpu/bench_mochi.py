@@ -15,7 +15,9 @@ preprocessed-folder layout that ``fastvideo.train`` reads. Sections, each printe
 * ``lora``: ``Trainer.train_step`` with LoRA rank 16 on q/k/v/out of both streams (the layers and
   rank of genmo's LoRA trainer), bf16 base, batch 1, per frame count, with activation
   checkpointing ``auto`` (budget ``--ac_budget_gb``) and ``all``: median s/step after warm-up and
-  peak ``torch.cuda.max_memory_allocated``.
+  peak ``torch.cuda.max_memory_allocated``. ``lora37`` runs the first frame count alone, early in
+  the default order (matmul, lora37, sample, full, lora), so a run cut short still has it;
+  ``--profile_dir`` adds a torch.profiler table of one step at ``--profile_frames``.
 * ``full``: a full fine-tune of a ``--full_layers``-block Mochi (fp32 master weights, bf16
   autocast, AdamW): s/step, peak memory and MFU = model FLOPs per step (3 x one forward, counted by
   ``torch.utils.flop_counter``; recomputation not counted) / step time / the measured matmul rate.

@@ -32,7 +32,7 @@ from fastvideo.io import atomic_dir
 TINY_MARKER = "fastvideo_tiny.json"
 # Part of the marker: bump it whenever the same seed builds different weights, so folders built
 # before are rebuilt. 2: the VAE is the trained one from assets/ (1 had a random VAE). 3: the VAE
-# keeps colours (64 channels in the encoder's last level).
+# keeps colours (64 channels in the encoder's last level). 4: the DiT has 4 blocks of 8 heads.
 TINY_FORMAT = 4
 
 # Words of the synthetic captions plus common caption words get their own token; any other word

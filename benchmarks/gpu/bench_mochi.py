@@ -78,10 +78,6 @@ def randomize_(model: torch.nn.Module, seed: int) -> None:
             p.normal_(0.0, std, generator=generators[p.device])
 
 
-def latent_frames(frames: int) -> int:
-    return (frames - 1) // 6 + 1
-
-
 def dit_config(overrides: dict) -> dict:
     with torch.device("meta"):
         model = MochiTransformer3DModel(**overrides)
@@ -148,10 +144,12 @@ class Bench:
     def __init__(self, args, info, tmp: Path):
         self.args, self.info, self.tmp = args, info, tmp
         self.device = info.device
-        overrides = SMOKE_DIT if args.smoke else {}
-        self.model_dirs = {depth: write_model_folder(tmp / f"model-{depth}", dit_config({**overrides, **depth_arg}))
-                           for depth, depth_arg in (("all", {}), ("full", {"num_layers": args.full_layers}))}  # fmt: skip
-        self.text = (256, dit_config(overrides)["text_embed_dim"])
+        self.config = dit_config(SMOKE_DIT if args.smoke else {})
+        self.model_dirs = {
+            "all": write_model_folder(tmp / "model-all", self.config),
+            "full": write_model_folder(tmp / "model-full", {**self.config, "num_layers": args.full_layers}),
+        }
+        self.text = (256, self.config["text_embed_dim"])
         self.out = Path(args.out)
         self.forward_flops_of: dict[int, float] = {}
 
@@ -167,8 +165,9 @@ class Bench:
         return f"{platform.processor() or platform.machine()} CPU"
 
     def latent_shape(self, frames: int) -> tuple[int, ...]:
-        h, w = (self.args.height // 8, self.args.width // 8)
-        return (12, latent_frames(frames), h, w)
+        return MochiAdapter.rules.latent_shape(
+            frames, self.args.height, self.args.width, MochiAdapter.latent_channels
+        )
 
     def dataset(self, frames: int) -> Path:
         root = self.tmp / f"data-{frames}"
@@ -250,7 +249,6 @@ class Bench:
                         step_times=[round(t, 3) for t in times])  # fmt: skip
         finally:
             trainer.cleanup()
-            del trainer
 
     @torch.no_grad()
     def forward_flops(self, trainer: Trainer) -> float:
@@ -271,9 +269,8 @@ class Bench:
     def sample(self, frames: int) -> None:
         reset_memory(self.device)
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        config = json.loads((self.model_dirs["all"] / "transformer" / "config.json").read_text())
         with torch.device("meta"):
-            model = MochiTransformer3DModel.from_config(config)
+            model = MochiTransformer3DModel.from_config(self.config)
         model = model.to_empty(device=self.device).to(dtype).eval().requires_grad_(False)
         randomize_(model, 0)
         adapter = MochiAdapter(self.model_dirs["all"], device=self.device)
@@ -296,7 +293,6 @@ class Bench:
         self.record(section="sample", frames=frames, height=self.args.height, width=self.args.width,
                     seconds=seconds, euler64_over_pcm8=round(seconds["euler-64-guided"] / fastest_pcm, 2),
                     peak_gb=peak_gb(self.device))  # fmt: skip
-        del model
 
 
 def parse_args(argv=None):

@@ -4,11 +4,12 @@
 #   bash scripts/test.sh -m "not slow"   # the quick loop
 # tests/test_demo.py drives the gradio demo in Debian's chromium (headless, through playwright, whose
 # own browser download is never used): when `chromium` is not on PATH it is installed with apt-get,
-# as root or through passwordless sudo. FASTVIDEO_SKIP_BROWSER=1 skips both the install and the test.
+# as root or through passwordless sudo. FASTVIDEO_SKIP_BROWSER=1 skips both the install and the test;
+# FASTVIDEO_SKIP_SETUP=1 skips scripts/setup.sh (an environment set up already).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
 PYTHON=${PYTHON:-python3}
+[[ ${FASTVIDEO_SKIP_SETUP:-0} == 1 ]] || PYTHON="$PYTHON" bash scripts/setup.sh
 
 install_chromium() {
   local sudo=()

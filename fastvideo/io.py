@@ -44,7 +44,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty folder beside ``path``; on success it replaces ``path`` whole."""
+    """Yield an empty folder beside ``path``; on success it replaces ``path`` whole (``replace_dir``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{path.name}{TMP_MARK}", dir=path.parent))
@@ -52,10 +52,44 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(staging, 0o777 & ~_UMASK)
     try:
         yield staging
-        shutil.rmtree(path, ignore_errors=True)
-        staging.rename(path)
+        replace_dir(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def replace_dir(new: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Rename folder ``new`` to ``path``, replacing what is there without ever leaving a partial folder.
+
+    An existing ``path`` is first renamed aside (``<name>.tmp-old-*``), then ``new`` is renamed in,
+    and only then is the old folder deleted. A kill at any instant leaves ``path`` either the old
+    folder whole, the new one whole, or (between the two renames) absent with both whole beside it;
+    never a half-deleted folder under the final name. A symbolic link at ``path`` is just unlinked.
+    """
+    new, path = Path(new), Path(path)
+    aside = None
+    if path.is_symlink():
+        path.unlink()
+    elif path.exists():
+        aside = Path(tempfile.mkdtemp(prefix=f"{path.name}{TMP_MARK}old-", dir=path.parent))
+        os.replace(path, aside)  # onto the empty folder mkdtemp made: atomic on POSIX
+    os.replace(new, path)
+    _fsync_dir(path.parent)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make renames inside ``folder`` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Phased consistency distillation to few sampling steps, through torchrun: `python -m fastvideo.distill`.
+# Phased consistency distillation to few sampling steps, through torchrun (`python -m fastvideo.launch`,
+# torchrun plus a preflight check; see scripts/launch.sh): `python -m fastvideo.distill`.
 # Settings are environment variables with defaults; extra arguments pass through (see --help),
 # e.g. --use_ema --use_lora --not_apply_cfg_solver.
 #
@@ -10,9 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 MODEL_PATH=${MODEL_PATH:-outputs/finetune-mochi}
-DATA_JSON_PATH=${DATA_JSON_PATH:-data/processed}
+DATA_JSON_PATH=${DATA_JSON_PATH:-data/processed}  # the folder holding videos2caption.json, or that file
 OUTPUT_DIR=${OUTPUT_DIR:-outputs/distill-mochi}
-NUM_GPUS=${NUM_GPUS:-1}
 SP_SIZE=${SP_SIZE:-1}
 MAX_TRAIN_STEPS=${MAX_TRAIN_STEPS:-20}
 LEARNING_RATE=${LEARNING_RATE:-1e-5}
@@ -27,12 +27,9 @@ if [[ ! -f "$MODEL_PATH/model_index.json" || ! -d "$MODEL_PATH/transformer" ]]; 
   echo "  Fine-tune first (bash scripts/finetune_mochi.sh, or the quickstart), or set MODEL_PATH=data/tiny-mochi." >&2
   exit 2
 fi
-if [[ ! -f "$DATA_JSON_PATH/videos2caption.json" ]]; then
-  echo "error: no preprocessed data in DATA_JSON_PATH=$DATA_JSON_PATH; run bash scripts/finetune_data_gen.sh first." >&2
-  exit 2
-fi
+source scripts/launch.sh
 
-CMD=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NUM_GPUS" -m fastvideo.distill
+CMD=("${LAUNCH[@]}" -m fastvideo.distill
   --model_path "$MODEL_PATH" --data_json_path "$DATA_JSON_PATH" --output_dir "$OUTPUT_DIR" --sp_size "$SP_SIZE"
   --max_train_steps "$MAX_TRAIN_STEPS" --learning_rate "$LEARNING_RATE" --num_euler_timesteps "$NUM_EULER_TIMESTEPS"
   --multi_phased_distill_schedule "$MULTI_PHASED_DISTILL_SCHEDULE" --distill_cfg "$DISTILL_CFG"

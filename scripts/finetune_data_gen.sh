@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Preprocess videos + captions into latents and text embeddings (FastVideo layout) with torchrun
-# (launched as `$PYTHON -m torch.distributed.run`, so the torchrun of the same Python runs).
+# (`$PYTHON -m fastvideo.launch`: the torchrun of the same Python, plus a preflight check).
 # Every setting is an environment variable with a default; extra arguments pass through to
 # `python -m fastvideo.data_preprocess.preprocess` (see its --help), e.g. --verify 2 --crop random.
 #
@@ -20,8 +20,6 @@ NUM_FRAMES=${NUM_FRAMES:-25}
 HEIGHT=${HEIGHT:-64}
 WIDTH=${WIDTH:-96}
 TRAIN_FPS=${TRAIN_FPS:-30}
-NUM_GPUS=${NUM_GPUS:-1}
-NNODES=${NNODES:-1}
 VALIDATION_PROMPT_TXT=${VALIDATION_PROMPT_TXT:-assets/prompt.txt}
 ID_TOKEN=${ID_TOKEN:-}
 
@@ -36,12 +34,7 @@ fi
 
 SOURCE=(--data_dir "$DATA_DIR")
 [[ -n "$DATA_MERGE_PATH" ]] && SOURCE=(--data_merge_path "$DATA_MERGE_PATH")
-if [[ "$NNODES" == 1 ]]; then
-  LAUNCH=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NUM_GPUS")
-else
-  LAUNCH=("$PYTHON" -m torch.distributed.run --nnodes "$NNODES" --node_rank "${NODE_RANK:?set NODE_RANK}" --nproc_per_node "$NUM_GPUS"
-          --master_addr "${MASTER_ADDR:?set MASTER_ADDR}" --master_port "${MASTER_PORT:-29500}")
-fi
+source scripts/launch.sh
 CMD=("${LAUNCH[@]}" -m fastvideo.data_preprocess.preprocess
   --model_type "$MODEL_TYPE" --model_path "$MODEL_PATH" "${SOURCE[@]}" --output_dir "$OUTPUT_DIR"
   --num_frames "$NUM_FRAMES" --height "$HEIGHT" --width "$WIDTH" --train_fps "$TRAIN_FPS"

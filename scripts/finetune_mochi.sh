@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fine-tune Mochi (full weights) with FSDP2 + Ulysses sequence parallelism through torchrun.
+# Fine-tune Mochi (full weights) with FSDP2 + Ulysses sequence parallelism through torchrun
+# (`python -m fastvideo.launch`: torchrun plus a preflight check; see scripts/launch.sh).
 # Settings are environment variables with defaults; extra arguments pass through to
 # `python -m fastvideo.train` (see --help), e.g. --use_ema --activation_checkpointing 0.5.
 #
@@ -11,10 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 MODEL_PATH=${MODEL_PATH:-data/tiny-mochi}
-DATA_JSON_PATH=${DATA_JSON_PATH:-data/processed}
+DATA_JSON_PATH=${DATA_JSON_PATH:-data/processed}  # the folder holding videos2caption.json, or that file
 OUTPUT_DIR=${OUTPUT_DIR:-outputs/finetune-mochi}
-NUM_GPUS=${NUM_GPUS:-1}
-NNODES=${NNODES:-1}
 SP_SIZE=${SP_SIZE:-1}
 MAX_TRAIN_STEPS=${MAX_TRAIN_STEPS:-20}
 LEARNING_RATE=${LEARNING_RATE:-1e-4}
@@ -28,12 +27,7 @@ fi
 if [[ ! -f "$DATA_JSON_PATH/videos2caption.json" && "$DATA_JSON_PATH" == "data/processed" ]]; then
   OUTPUT_DIR="$DATA_JSON_PATH" bash scripts/finetune_data_gen.sh
 fi
-if [[ "$NNODES" == 1 ]]; then
-  LAUNCH=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NUM_GPUS")
-else
-  LAUNCH=("$PYTHON" -m torch.distributed.run --nnodes "$NNODES" --node_rank "${NODE_RANK:?set NODE_RANK}"
-          --nproc_per_node "$NUM_GPUS" --master_addr "${MASTER_ADDR:?set MASTER_ADDR}" --master_port "${MASTER_PORT:-29500}")
-fi
+source scripts/launch.sh
 CMD=("${LAUNCH[@]}" -m fastvideo.train --model_type mochi --model_path "$MODEL_PATH"
   --data_json_path "$DATA_JSON_PATH" --output_dir "$OUTPUT_DIR" --sp_size "$SP_SIZE"
   --max_train_steps "$MAX_TRAIN_STEPS" --learning_rate "$LEARNING_RATE" --train_batch_size "$TRAIN_BATCH_SIZE"

@@ -12,7 +12,6 @@ PYTHON=${PYTHON:-python3}
 MODEL_PATH=${MODEL_PATH:-outputs/distill-mochi}
 PROMPT_PATH=${PROMPT_PATH:-assets/prompt.txt}
 OUTPUT_PATH=${OUTPUT_PATH:-outputs/samples}
-NUM_GPUS=${NUM_GPUS:-1}
 NUM_FRAMES=${NUM_FRAMES:-25}
 HEIGHT=${HEIGHT:-64}
 WIDTH=${WIDTH:-96}
@@ -25,7 +24,8 @@ if [[ ! -f "$MODEL_PATH/model_index.json" ]]; then
   echo "  Run bash scripts/quickstart.sh (it leaves outputs/distill-mochi), or set MODEL_PATH=data/tiny-mochi." >&2
   exit 2
 fi
-CMD=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NUM_GPUS" fastvideo/sample/sample_t2v_mochi.py
+source scripts/launch.sh
+CMD=("${LAUNCH[@]}" fastvideo/sample/sample_t2v_mochi.py
   --model_path "$MODEL_PATH" --prompt_path "$PROMPT_PATH" --output_path "$OUTPUT_PATH" --num_frames "$NUM_FRAMES"
   --height "$HEIGHT" --width "$WIDTH" --num_inference_steps "$NUM_INFERENCE_STEPS" --scheduler_type "$SCHEDULER_TYPE"
   --seed "$SEED" ${GUIDANCE_SCALE:+--guidance_scale "$GUIDANCE_SCALE"} "$@")

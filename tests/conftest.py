@@ -54,3 +54,13 @@ def processed(tmp_path_factory, tiny_mochi, synthetic) -> Path:
     )  # fmt: skip
     assert code == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def ref_b2(tmp_path_factory, tiny_mochi, processed) -> Path:
+    """Fine-tuning reference: one process, STEPS steps of global batch 2, clipping off, a checkpoint every step."""
+    from runs import B2, STEPS, TRAIN, run
+
+    out = tmp_path_factory.mktemp("ref_b2") / "run"
+    run(TRAIN, out, tiny_mochi, processed, *B2, "--max_train_steps", STEPS, "--train_batch_size", 2)
+    return out

@@ -203,7 +203,7 @@ def test_iteration_runs_over_epochs(dataset):
     batches = take(sampler, 2 * n + 1)
     assert batches[:n] == sampler.epoch_batches(0)
     assert batches[n : 2 * n] == sampler.epoch_batches(1)
-    assert sampler.state_dict()["epoch"] == 2 and sampler.state_dict()["batch"] == 1
+    assert sampler.state_dict()["epoch"] == 2 and sampler.state_dict()["samples"] == 2
 
 
 @pytest.mark.parametrize("consumed", [3, 10, 13, 30])
@@ -234,7 +234,7 @@ def test_resume_per_dp_rank(dataset):
 
 def test_resume_with_other_settings_is_refused(dataset):
     state = ShapeBucketSampler(dataset, batch_size=2, seed=0).state_dict()
-    with pytest.raises(ValueError, match="batch_size 2 -> 1"):
+    with pytest.raises(ValueError, match="global batch 2 -> 1"):
         ShapeBucketSampler(dataset, batch_size=1, seed=0).load_state_dict(state)
     with pytest.raises(ValueError, match="seed 0 -> 1"):
         ShapeBucketSampler(dataset, batch_size=2, seed=1).load_state_dict(state)
@@ -246,3 +246,63 @@ def test_plain_key_sequences_work():
     assert len(sampler) == 5
     for batch in take(sampler, 10):
         assert len({keys[i] for i in batch}) == 1
+
+
+# --- global batches: layouts, accumulation, elastic resume ---------------------------------------
+LAYOUTS_OF_4 = [  # (batch_size, dp_size, accumulation): every one a global batch of 4
+    (4, 1, 1),
+    (2, 2, 1),
+    (1, 2, 2),
+    (1, 1, 4),
+    (1, 4, 1),
+]
+
+
+def step_assignments(dataset, batch_size, dp_size, accumulation, steps, state=None) -> list[dict[int, int]]:
+    """Per optimizer step: global position -> item index, gathered over every rank and micro-step."""
+    samplers = []
+    for rank in range(dp_size):
+        sampler = ShapeBucketSampler(
+            dataset, batch_size=batch_size, dp_rank=rank, dp_size=dp_size, accumulation=accumulation, seed=4
+        )
+        if state is not None:
+            sampler.load_state_dict(state)
+        samplers.append(sampler.micro_batches())
+    out = []
+    for _ in range(steps):
+        step = {}
+        for _ in range(accumulation):
+            for it in samplers:
+                indices, positions = next(it)
+                step.update(zip(positions, indices, strict=True))
+        assert sorted(step) == list(range(4)), "every position of the global batch is filled once"
+        out.append(step)
+    return out
+
+
+def test_layouts_with_one_global_batch_see_the_same_items_at_the_same_positions(dataset):
+    reference = step_assignments(dataset, *LAYOUTS_OF_4[0], steps=9)
+    keys = dataset.bucket_keys()
+    for layout in LAYOUTS_OF_4[1:]:
+        assert step_assignments(dataset, *layout, steps=9) == reference, layout
+    for step in reference:
+        assert len({keys[i] for i in step.values()}) == 1  # one shape per optimizer step
+
+
+@pytest.mark.parametrize("layout", LAYOUTS_OF_4[1:], ids=lambda x: "x".join(map(str, x)))
+def test_data_position_resumes_on_another_layout(dataset, layout):
+    """Elastic resume: 5 steps on one layout, the rest on another, equals one uninterrupted run."""
+    uninterrupted = step_assignments(dataset, *LAYOUTS_OF_4[0], steps=12)
+    first = ShapeBucketSampler(dataset, batch_size=4, seed=4)
+    take(first, 5)
+    state = json.loads(json.dumps(first.state_dict()))
+    assert state["epoch"] == 1 and state["samples"] == 4  # 4 steps per epoch (10 + 7 + 5 items by 4)
+    assert step_assignments(dataset, *layout, steps=7, state=state) == uninterrupted[5:]
+
+
+def test_a_position_between_micro_batches_is_refused(dataset):
+    sampler = ShapeBucketSampler(dataset, batch_size=1, dp_size=1, accumulation=4, seed=4)
+    take(sampler, 3)  # stopped inside an optimizer step: 3 of 4 samples
+    other = ShapeBucketSampler(dataset, batch_size=2, dp_size=1, accumulation=2, seed=4)
+    with pytest.raises(ValueError, match="invalid data position"):
+        other.load_state_dict(sampler.state_dict())

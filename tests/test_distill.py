@@ -1,71 +1,61 @@
-"""PCM distillation on the tiny model: SP=2 equals one process, resume is exact, LoRA and validation run."""
+"""PCM distillation on the tiny model: SP=2 and kill -9 resume equal one process, LoRA teachers, the recipe.
+
+Runs are real processes compared with ``distill_ref``: one process, global batch 2, EMA, a checkpoint
+every step and validation at the last step, whose samples the exported pipeline must reproduce.
+"""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 
 import pytest
 import torch
 from diffusers import MochiPipeline, MochiTransformer3DModel
-from test_train import ADAM_EPS, exported, losses
+from runs import ADAM_EPS, assert_same_run, kill_after_checkpoint, losses, resume, run
 
 from fastvideo.distill.pcm import PCMFlowScheduler
 from fastvideo.training.validation import validation_prompts
 
 pytestmark = pytest.mark.slow
+DISTILL = "fastvideo.distill"
+STEPS = 4
 PCM = ["--num_euler_timesteps", 8, "--multi_phased_distill_schedule", "100-2", "--distill_cfg", 3.0,
-       "--learning_rate", "1e-3", "--adam_eps", ADAM_EPS, "--cfg", 0.3]  # fmt: skip
+       "--learning_rate", "1e-3", "--adam_eps", ADAM_EPS, "--cfg", 0.3, "--use_ema", "--checkpointing_steps", 1,
+       "--validation_steps", STEPS, "--validation_step_counts", "2,4"]  # fmt: skip
+BOTH = ("transformer", "transformer_ema")
 
 
-def distill(out, tiny_mochi, processed, *args, nproc: int = 1):
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
-    cmd = [*(launch if nproc > 1 else [sys.executable]), "-m", "fastvideo.distill", "--model_path", str(tiny_mochi),
-           "--data_json_path", str(processed), "--output_dir", str(out), *map(str, PCM), *map(str, args)]  # fmt: skip
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(os.getcwd()))
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    return proc
+@pytest.fixture(scope="module")
+def distill_ref(tmp_path_factory, tiny_mochi, processed):
+    out = tmp_path_factory.mktemp("distill-ref") / "run"
+    run(DISTILL, out, tiny_mochi, processed, *PCM, "--max_train_steps", STEPS, "--train_batch_size", 2)
+    return out
 
 
-def assert_same(got, ref):
-    torch.testing.assert_close(torch.tensor(losses(got)), torch.tensor(losses(ref)), rtol=1e-5, atol=1e-7)
-    ref_w, got_w = exported(ref), exported(got)
-    for key in ref_w:
-        torch.testing.assert_close(got_w[key], ref_w[key], rtol=1e-5, atol=1e-6, msg=key)
+def test_sp2_distillation_equals_one_process(tmp_path, tiny_mochi, processed, distill_ref):
+    out = tmp_path / "run"
+    run(DISTILL, out, tiny_mochi, processed, *PCM, "--max_train_steps", STEPS, "--train_batch_size", 2,
+        "--sp_size", 2, nproc=2)  # fmt: skip
+    assert all(loss > 0 for loss in losses(distill_ref))
+    assert_same_run(out, distill_ref, names=BOTH)
 
 
-def test_sp2_distillation_equals_one_process(tmp_path, tiny_mochi, processed):
-    one = tmp_path / "one"
-    distill(one, tiny_mochi, processed, "--max_train_steps", 2, "--train_batch_size", 2, "--use_ema")
-    two = tmp_path / "two"
-    distill(two, tiny_mochi, processed, "--max_train_steps", 2, "--train_batch_size", 2, "--use_ema", "--sp_size", 2,
-            nproc=2)  # fmt: skip
-    assert all(loss > 0 for loss in losses(one))
-    assert_same(two, one)
+def test_killed_distillation_resumes_exactly(tmp_path, tiny_mochi, processed, distill_ref):
+    out = tmp_path / "run"
+    args = [*PCM, "--train_batch_size", 2]
+    step = kill_after_checkpoint(DISTILL, out, tiny_mochi, processed, *args, "--max_train_steps", 100, step=2)
+    assert 2 <= step < STEPS and not (out / "transformer").exists()
+    resume(DISTILL, out, tiny_mochi, processed, *args, "--max_train_steps", STEPS, killed_at=step)
+    assert_same_run(out, distill_ref, names=BOTH)
 
 
-def test_distillation_resumes_exactly_and_validates(tmp_path, tiny_mochi, processed):
-    args = [
-        "--checkpointing_steps",
-        2,
-        "--use_ema",
-        "--validation_steps",
-        4,
-        "--validation_step_counts",
-        "2,4",
-    ]
-    full = tmp_path / "full"
-    distill(full, tiny_mochi, processed, "--max_train_steps", 4, *args)
-    part = tmp_path / "part"
-    distill(part, tiny_mochi, processed, "--max_train_steps", 2, *args)
-    distill(part, tiny_mochi, processed, "--max_train_steps", 4, *args, "--resume_from_checkpoint", "latest")
-    assert losses(part) == losses(full)
+def test_distillation_validates_and_its_pipeline_reproduces_it(distill_ref, processed):
     for steps in (2, 4):
-        videos = sorted((full / "validation" / "step-00000004" / f"steps-{steps}_cfg-1").glob("*.mp4"))
+        videos = sorted(
+            (distill_ref / "validation" / f"step-{STEPS:08d}" / f"steps-{steps}_cfg-1").glob("*.mp4")
+        )
         assert len(videos) == 2
-    assert_pipeline_reproduces_validation(full, processed, steps=4)
+    assert_pipeline_reproduces_validation(distill_ref, processed, steps=4)
 
 
 def assert_pipeline_reproduces_validation(out, processed, steps: int):
@@ -75,7 +65,7 @@ def assert_pipeline_reproduces_validation(out, processed, steps: int):
     )
     assert isinstance(pipe.scheduler, PCMFlowScheduler) and pipe.scheduler.config.num_euler_timesteps == 8
     prompt = validation_prompts(processed)[0]
-    expected = torch.load(out / "validation" / "step-00000004" / f"steps-{steps}_cfg-1" / "prompt-00.pt")
+    expected = torch.load(out / "validation" / f"step-{STEPS:08d}" / f"steps-{steps}_cfg-1" / "prompt-00.pt")
     _, _, frames, height, width = expected.shape
     got = pipe(
         prompt_embeds=prompt["prompt_embeds"][None], prompt_attention_mask=prompt["prompt_attention_mask"][None],
@@ -85,19 +75,24 @@ def assert_pipeline_reproduces_validation(out, processed, steps: int):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_lora_distillation_uses_the_base_as_teacher(tmp_path, tiny_mochi, processed):
-    out = tmp_path / "lora"
-    distill(
-        out, tiny_mochi, processed, "--max_train_steps", 2, "--use_lora", "--lora_rank", 4, "--lora_alpha", 4
-    )
-    assert (out / "lora" / "pytorch_lora_weights.safetensors").is_file()
-    assert all(loss > 0 and loss == loss for loss in losses(out))
+def test_lora_distillation_teacher_is_the_base_or_the_named_model(tmp_path, tiny_mochi, processed, ref_b2):
+    """Under LoRA the teacher is the base with adapters off, unless --teacher_model_path names another model
+    (here the fine-tuned ref_b2), whose different velocities change the very first loss."""
+    lora = ["--use_lora", "--lora_rank", 4, "--lora_alpha", 4, "--max_train_steps", 2, *PCM[:12]]
+    base, named = tmp_path / "base", tmp_path / "named"
+    run(DISTILL, base, tiny_mochi, processed, *lora)
+    run(DISTILL, named, tiny_mochi, processed, *lora, "--teacher_model_path", ref_b2)
+    assert (base / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert all(loss > 0 and loss == loss for loss in losses(base) + losses(named))
+    assert abs(losses(named)[0] - losses(base)[0]) > 1e-3 * losses(base)[0]
 
 
 def test_distill_script_writes_a_pcm_pipeline_folder(tmp_path, tiny_mochi, processed, cli_env, repo_root):
-    """scripts/distill_t2v.sh with SP=2 on 2 processes; a bad MODEL_PATH is refused with a message."""
+    """scripts/distill_t2v.sh with SP=2 on 2 processes, given the index file itself as DATA_JSON_PATH (as
+    the fine-tuning recipe takes it); a bad MODEL_PATH is refused with a message."""
     out = tmp_path / "distill"
-    env = dict(cli_env, MODEL_PATH=str(tiny_mochi), DATA_JSON_PATH=str(processed), OUTPUT_DIR=str(out),
+    env = dict(cli_env, MODEL_PATH=str(tiny_mochi), DATA_JSON_PATH=str(processed / "videos2caption.json"),
+               OUTPUT_DIR=str(out),
                NUM_GPUS="2", SP_SIZE="2", MAX_TRAIN_STEPS="2", CHECKPOINTING_STEPS="2", VALIDATION_STEPS="2")  # fmt: skip
     script = [
         "bash",

@@ -133,6 +133,27 @@ def test_state_dict_round_trip():
         other.load_state_dict({"0": saved["0"], "1": torch.zeros(3)})
 
 
+def test_bf16_weights_get_an_fp32_ema_that_keeps_small_updates():
+    """Decay 0.999 moves the shadow by 0.001 x (weight - shadow) per step, far below bf16's resolution
+    around 1 (2^-7): a bf16 shadow would stay put; the fp32 one must follow. Swapping it in and out must
+    not round it through bf16."""
+    model = nn.Linear(4, 4, bias=False).to(torch.bfloat16)
+    set_values(model.parameters(), 1.0)
+    ema = EMA(model.named_parameters(), decay=0.999)
+    assert ema.state_dict()["weight"].dtype == torch.float32
+    set_values(model.parameters(), 2.0)
+    for step in range(1, 101):
+        ema.update(step)
+    expected = 2.0 - 0.999**100  # shadow = 2 - (2 - 1) * decay^steps
+    torch.testing.assert_close(ema.state_dict()["weight"], torch.full((4, 4), expected), rtol=1e-5, atol=1e-6)
+    before = ema.state_dict()["weight"].clone()
+    with ema.swap_into(model):
+        assert model.weight.dtype == torch.bfloat16
+        torch.testing.assert_close(model.weight.float(), before, rtol=2**-8, atol=0)
+    assert torch.equal(ema.state_dict()["weight"], before)
+    assert torch.equal(model.weight, torch.full((4, 4), 2.0, dtype=torch.bfloat16))
+
+
 def test_bad_construction():
     with pytest.raises(ValueError, match="decay"):
         EMA(make_params(), decay=1.5)

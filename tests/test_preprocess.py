@@ -242,7 +242,7 @@ def test_two_rank_torchrun_equals_one_process(tiny_mochi, synthetic, tmp_path, c
     proc = subprocess.run(["bash", "scripts/finetune_data_gen.sh"], cwd=repo_root, env=env, capture_output=True,
                           text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "torch.distributed.run --standalone --nproc_per_node 2" in proc.stdout
+    assert "fastvideo.launch --standalone --nproc_per_node 2" in proc.stdout
     two = tmp_path / "two"
     assert index(two) == index(single)
     assert_same_latents(two, single, len(synthetic.captions))

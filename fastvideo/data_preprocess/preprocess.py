@@ -20,7 +20,6 @@ incompatible latents.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import sys
 import time
@@ -32,12 +31,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fastvideo.cli import parse_config
-from fastvideo.data_preprocess.sources import Item, SourceError, collect_items
+from fastvideo.cli import launch, parse_config
+from fastvideo.data_preprocess.sources import Item, collect_items
 from fastvideo.data_preprocess.video import FrameSpec, MediaError, load_media, write_video
 from fastvideo.io import atomic_torch_save, atomic_write_json, remove_stale_tmp_files
+from fastvideo.lock import check_free, lock_on_main
 from fastvideo.models import MODEL_TYPES, ModelAdapter, get_adapter_class
-from fastvideo.parallel.process_group import DistInfo, distributed
+from fastvideo.models.base import component_fingerprint
+from fastvideo.parallel.process_group import DistInfo
 
 CONFIG_FILE = "preprocess_config.json"
 REPORT_FILE = "preprocess_report.json"
@@ -147,21 +148,8 @@ class PreprocessConfig:
 
 
 def model_fingerprint(model_path: Path) -> str:
-    """Changes when the encoders at ``model_path`` change (e.g. a rebuilt tiny model at the same path).
-
-    sha256 of the VAE's and text encoder's JSON configs and the names and sizes of their other files,
-    so it costs no pass over the weights.
-    """
-    digest = hashlib.sha256()
-    for sub in ("vae", "text_encoder"):
-        folder = model_path / sub
-        for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-            if not path.is_file():
-                continue
-            digest.update(f"{sub}/{path.name}:{path.stat().st_size}".encode())
-            if path.suffix == ".json":
-                digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+    """Changes when the encoders at ``model_path`` change (e.g. a rebuilt tiny model at the same path)."""
+    return component_fingerprint(model_path, ("vae", "text_encoder"))
 
 
 @dataclass
@@ -423,6 +411,18 @@ def read_prompts(cfg: PreprocessConfig) -> list[str]:
 
 
 def run(cfg: PreprocessConfig, dist_info: DistInfo) -> int:
+    """Preprocess the whole source on every rank of the job; the exit code (0, or 1 if nothing succeeded)."""
+    check_model_path(cfg)
+    check_output_dir(cfg)
+    lock = lock_on_main(cfg.output_dir, dist_info)  # one job per OUTPUT_DIR
+    try:
+        return preprocess(cfg, dist_info)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def preprocess(cfg: PreprocessConfig, dist_info: DistInfo) -> int:
     adapter_cls = get_adapter_class(cfg.model_type)
     layout = Layout(cfg.output_dir)
     items, source_skips = collect_items(
@@ -432,7 +432,6 @@ def run(cfg: PreprocessConfig, dist_info: DistInfo) -> int:
         video_column=cfg.video_column,
     )
     prompts = read_prompts(cfg)
-    check_output_dir(cfg)
     dist_info.barrier()
     if dist_info.is_main:
         if cfg.overwrite:
@@ -487,20 +486,17 @@ def check_model_path(cfg: PreprocessConfig) -> None:
         )
 
 
+def preflight(argv: list[str], world_size: int, single_node: bool = True) -> None:
+    """What ``python -m fastvideo.launch`` checks once before starting the workers (ValueError)."""
+    cfg = parse_args(argv)
+    check_model_path(cfg)
+    check_output_dir(cfg)
+    if single_node:
+        check_free(cfg.output_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
-    try:
-        cfg = parse_args(argv)
-        check_model_path(cfg)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    with distributed() as dist_info:
-        try:
-            return run(cfg, dist_info)
-        except (SourceError, ValueError) as err:
-            if dist_info.is_main:
-                print(f"error: {err}", file=sys.stderr)
-            return 2
+    return launch(PreprocessConfig, run, argv, __doc__, required=("output_dir",))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Read preprocessed latents and text embeddings, and batch them by shape for data-parallel training.
 
     dataset = LatentDataset("data/processed")            # the folder holding videos2caption.json
-    sampler = ShapeBucketSampler(dataset, batch_size=2, dp_rank=r, dp_size=n, seed=0)
+    sampler = ShapeBucketSampler(dataset, batch_size=2, dp_rank=r, dp_size=n, accumulation=1, seed=0)
     batches = iter(sampler)                               # infinite: one epoch after another
     batch = collate([dataset[i] for i in next(batches)])  # latents [B, C, T, h, w], ...
     saved = sampler.state_dict()                          # later: sampler.load_state_dict(saved)
@@ -12,22 +12,27 @@ writes: ``latent/<name>.pt`` ([C, T, h, w]), ``prompt_embed/<name>.pt`` ([L, D])
 
 ``ShapeBucketSampler`` guarantees, for one data-parallel rank:
 
-* every batch holds items of one latent shape (bucket key: kind, length, height, width from the
-  index), so images and videos, or videos of different sizes, never meet in a batch;
-* each epoch is shuffled by a generator seeded with (seed, epoch), so the order is a function of
-  the seed alone; ranks of one sequence-parallel group pass the same ``dp_rank`` and get the same
-  batches;
-* all ``dp_size`` ranks get disjoint batches and the same number of them, all of one shape at a
-  given step (a global batch is cut into per-rank slices), so collectives stay in step; items that
-  do not fill a whole global batch are left out of that epoch (a different few each epoch);
-* ``state_dict()`` records the position (epoch, batch within the epoch), so a resumed run yields
-  exactly the batches an uninterrupted run would have.
+* an optimizer step takes one *global batch* of ``batch_size x dp_size x accumulation`` items of one
+  latent shape (bucket key: kind, length, height, width from the index), so images and videos, or
+  videos of different sizes, never meet in a step;
+* each epoch is shuffled by a generator seeded with (seed, epoch), and the order of global batches
+  depends on the global batch size alone: any layout with the same global batch (2 ranks x 1, or 1
+  rank x 2, or 1 rank x 1 x 2 micro-steps) trains on the same items at every step;
+* a global batch is cut into micro-batches: micro-step m of data-parallel rank r holds the items at
+  *positions* ``(m * dp_size + r) * batch_size + j``, and ``micro_batches()`` yields those positions
+  with the indices (the trainer keys each sample's noise on its position, so noise does not depend
+  on the layout either); ranks of one sequence-parallel group pass the same ``dp_rank``;
+* items that do not fill a whole global batch are left out of that epoch (a different few each
+  epoch);
+* ``state_dict()`` records the position in global samples (epoch, samples consumed in it), so a
+  resumed run, on the same or another layout with the same global batch, continues exactly.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import warnings
 from collections.abc import Hashable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -154,6 +159,16 @@ def _load(path: Path, index: Path) -> torch.Tensor:
         raise ValueError(
             f"{path} listed in {index} is missing; re-run `bash scripts/finetune_data_gen.sh`"
         ) from None
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+        raise ValueError(
+            f"{path} listed in {index} is unreadable ({type(err).__name__}: {first_sentence(err)}); "
+            "delete it and re-run `bash scripts/finetune_data_gen.sh` with the same settings to redo that item"
+        ) from None
+
+
+def first_sentence(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0].split(". ")[0] if lines else ""
 
 
 def collate(items: Sequence[dict]) -> dict:
@@ -190,7 +205,7 @@ def group_buckets(keys: Sequence[Hashable]) -> dict[Hashable, list[int]]:
 
 
 class ShapeBucketSampler:
-    """Infinite, resumable stream of same-shape batches (lists of indices) for one data-parallel rank.
+    """Infinite, resumable stream of same-shape micro-batches (lists of indices) for one data-parallel rank.
 
     ``source`` is a ``LatentDataset`` (its ``bucket_keys()`` are used) or a sequence of one hashable
     bucket key per item. Use one iterator at a time: iterating advances the position that
@@ -204,47 +219,56 @@ class ShapeBucketSampler:
         batch_size: int,
         dp_rank: int = 0,
         dp_size: int = 1,
+        accumulation: int = 1,
         seed: int = 0,
     ):
-        if batch_size < 1 or dp_size < 1 or not 0 <= dp_rank < dp_size:
+        if batch_size < 1 or dp_size < 1 or accumulation < 1 or not 0 <= dp_rank < dp_size:
             raise ValueError(
-                f"need batch_size >= 1, dp_size >= 1 and 0 <= dp_rank < dp_size "
-                f"(got batch_size={batch_size}, dp_rank={dp_rank}, dp_size={dp_size})"
+                f"need batch_size >= 1, dp_size >= 1, accumulation >= 1 and 0 <= dp_rank < dp_size "
+                f"(got batch_size={batch_size}, dp_rank={dp_rank}, dp_size={dp_size}, accumulation={accumulation})"
             )
         keys = source.bucket_keys() if hasattr(source, "bucket_keys") else list(source)
         self.batch_size, self.dp_rank, self.dp_size, self.seed = batch_size, dp_rank, dp_size, seed
+        self.accumulation = accumulation
         self.num_items = len(keys)
         self.buckets = group_buckets(keys)
-        self.batches_per_epoch = sum(len(idx) // self.global_batch for idx in self.buckets.values())
+        self.steps_per_epoch = sum(len(idx) // self.global_batch for idx in self.buckets.values())
         self._check_buckets()
         self.epoch, self.batch = 0, 0
         self._cached: tuple[int, list[list[int]]] | None = None
 
     @property
     def global_batch(self) -> int:
-        return self.batch_size * self.dp_size
+        """Items per optimizer step over every rank and micro-step."""
+        return self.batch_size * self.dp_size * self.accumulation
 
     def _check_buckets(self) -> None:
         small = {key: len(idx) for key, idx in self.buckets.items() if len(idx) < self.global_batch}
         if not small:
             return
         sizes = "; ".join(f"{key}: {n} items" for key, n in small.items())
-        need = f"{self.global_batch} items (batch_size {self.batch_size} x dp_size {self.dp_size})"
-        if self.batches_per_epoch == 0:
+        need = (
+            f"{self.global_batch} items (batch_size {self.batch_size} x dp_size {self.dp_size} x "
+            f"accumulation {self.accumulation})"
+        )
+        if self.steps_per_epoch == 0:
             raise ValueError(
                 f"no batch can be formed: a batch needs {need} of one shape, but {sizes}. Lower "
-                "--train_batch_size, use fewer data-parallel ranks, or preprocess more items"
+                "--train_batch_size or --gradient_accumulation_steps, use fewer data-parallel ranks, or "
+                "preprocess more items"
             )
         warnings.warn(f"shape buckets smaller than {need} are never sampled: {sizes}", stacklevel=2)
 
     def __len__(self) -> int:
-        """Batches per epoch for this rank (the same on every rank)."""
-        return self.batches_per_epoch
+        """Micro-batches per epoch for this rank (the same on every rank)."""
+        return self.steps_per_epoch * self.accumulation
 
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """This rank's batches of ``epoch``, in order (a pure function of the settings and epoch)."""
-        if self._cached is not None and self._cached[0] == epoch:
-            return self._cached[1]
+    def first_position(self, batch: int) -> int:
+        """Global position (within its step) of the first item of this rank's micro-batch number ``batch``."""
+        return (batch % self.accumulation * self.dp_size + self.dp_rank) * self.batch_size
+
+    def global_batches(self, epoch: int) -> list[list[int]]:
+        """The global batches of ``epoch``, in order: a pure function of (seed, global batch, epoch)."""
         g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         global_batches = []
         for idx in self.buckets.values():
@@ -256,66 +280,95 @@ class ShapeBucketSampler:
             ]
         # Interleave buckets; every rank draws the same order, so all hold one shape at each step.
         order = torch.randperm(len(global_batches), generator=g).tolist()
-        lo = self.dp_rank * self.batch_size
-        batches = [global_batches[o][lo : lo + self.batch_size] for o in order]
+        return [global_batches[o] for o in order]
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """This rank's micro-batches of ``epoch``, in order."""
+        if self._cached is not None and self._cached[0] == epoch:
+            return self._cached[1]
+        batches = []
+        for items in self.global_batches(epoch):
+            for micro in range(self.accumulation):
+                lo = self.first_position(micro)
+                batches.append(items[lo : lo + self.batch_size])
         self._cached = (epoch, batches)
         return batches
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def micro_batches(self) -> Iterator[tuple[list[int], list[int]]]:
+        """(indices, global positions within the step) of each micro-batch, from the current position."""
         while True:
             batches = self.epoch_batches(self.epoch)
-            batch = batches[self.batch]
+            batch, first = batches[self.batch], self.first_position(self.batch)
             # Advance before yielding: state_dict() taken after k batches resumes at batch k.
             self.batch += 1
             if self.batch == len(batches):
                 self.epoch, self.batch = self.epoch + 1, 0
-            yield batch
+            yield batch, list(range(first, first + len(batch)))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (indices for indices, _ in self.micro_batches())
+
+    def samples_consumed(self) -> int:
+        """Items of the current epoch already handed out by the whole job (all ranks)."""
+        step, micro = divmod(self.batch, self.accumulation)
+        return step * self.global_batch + micro * self.dp_size * self.batch_size
 
     def state_dict(self) -> dict:
         return {
             "epoch": self.epoch,
-            "batch": self.batch,
+            "samples": self.samples_consumed(),
             "seed": self.seed,
-            "batch_size": self.batch_size,
-            "dp_size": self.dp_size,
+            "global_batch": self.global_batch,
             "num_items": self.num_items,
-            "batches_per_epoch": self.batches_per_epoch,
+            "steps_per_epoch": self.steps_per_epoch,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from a saved position; refuses a state saved with other settings or data."""
+        """Continue from a saved position; refuses a state saved with other settings or data.
+
+        The layout may differ (data-parallel size, batch size, accumulation) as long as the global
+        batch is the same and the position falls on one of this layout's micro-batches.
+        """
         mine = self.state_dict()
         changed = [
-            f"{k} {state.get(k)} -> {mine[k]}"
-            for k in ("seed", "batch_size", "dp_size", "num_items", "batches_per_epoch")
+            f"{k.replace('_', ' ')} {state.get(k)} -> {mine[k]}"
+            for k in ("seed", "global_batch", "num_items", "steps_per_epoch")
             if state.get(k) != mine[k]
         ]
         if changed:
             raise ValueError(
-                f"the sampler state was saved with other settings or data ({'; '.join(changed)}); "
-                "resume with the same seed, batch size, data-parallel size and dataset"
+                f"the data position was saved with other settings or data ({'; '.join(changed)}); resume with "
+                "the same seed and dataset, and the same global batch (batch size x data-parallel ranks x "
+                "accumulation)"
             )
-        if not 0 <= state["batch"] < self.batches_per_epoch or state["epoch"] < 0:
-            raise ValueError(f"invalid sampler position epoch={state['epoch']} batch={state['batch']}")
-        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+        epoch, samples = int(state["epoch"]), int(state["samples"])
+        per_micro = self.dp_size * self.batch_size
+        step, rest = divmod(samples, self.global_batch)
+        if epoch < 0 or not 0 <= step < self.steps_per_epoch or rest % per_micro:
+            raise ValueError(f"invalid data position: epoch {epoch}, sample {samples}")
+        self.epoch, self.batch = epoch, step * self.accumulation + rest // per_micro
 
 
 class BatchPrefetcher:
-    """Loads the next batch in a background thread while the current step computes.
+    """Loads the next micro-batch in a background thread while the current step computes.
 
+    Each batch also holds ``position``: the items' global positions within their optimizer step.
     ``state_dict()`` is the sampler position after the batches handed out so far (not counting
     the one being prefetched), so a checkpoint resumes with exactly the next unconsumed batch.
     """
 
     def __init__(self, sampler: ShapeBucketSampler, dataset: LatentDataset):
         self.sampler, self.dataset = sampler, dataset
-        self._batches = iter(sampler)
+        self._batches = sampler.micro_batches()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         self._pending: Future | None = None
         self._resume_state = sampler.state_dict()
 
-    def _load(self, indices: list[int]) -> dict:
-        return collate([self.dataset[i] for i in indices])
+    def _load(self, micro_batch: tuple[list[int], list[int]]) -> dict:
+        indices, positions = micro_batch
+        batch = collate([self.dataset[i] for i in indices])
+        batch["position"] = torch.tensor(positions, dtype=torch.long)
+        return batch
 
     def next(self) -> dict:
         if self._pending is None:

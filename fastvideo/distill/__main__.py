@@ -14,13 +14,19 @@ from __future__ import annotations
 
 import sys
 
-from fastvideo.cli import launch
+from fastvideo.cli import launch, parse_config
+from fastvideo.distill.config import DistillConfig
+
+
+def preflight(argv: list[str], world_size: int, single_node: bool = True) -> None:
+    """What ``python -m fastvideo.launch`` checks once before starting the workers (ValueError)."""
+    parse_config(DistillConfig, argv).preflight(world_size, check_output_dir=single_node)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastvideo.distill.distiller import DistillConfig, Distiller
+    from fastvideo.distill.distiller import Distiller
 
-    return launch(DistillConfig, Distiller, argv, __doc__)
+    return launch(DistillConfig, lambda cfg, dist_info: Distiller(cfg, dist_info).run(), argv, __doc__)
 
 
 if __name__ == "__main__":

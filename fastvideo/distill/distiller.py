@@ -24,67 +24,16 @@ whose ``scheduler/`` is a ``PCMFlowScheduler`` on the training grid.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from fastvideo.distill.pcm import (
-    PCMFlowScheduler,
-    parse_phase_schedule,
-    phases_at,
-    pseudo_huber,
-)
+from fastvideo.distill.config import DistillConfig
+from fastvideo.distill.pcm import PCMFlowScheduler, parse_phase_schedule, phases_at, pseudo_huber
 from fastvideo.parallel.fsdp import apply_fsdp
-from fastvideo.training.config import TrainConfig
 from fastvideo.training.export import load_transformer_weights
 from fastvideo.training.flow_matching import add_noise
-from fastvideo.training.trainer import Trainer, sample_generator
-
-
-@dataclass
-class DistillConfig(TrainConfig):
-    teacher_model_path: str = ""
-    """Diffusers directory of the teacher (default: --model_path, the student's starting point)."""
-    schedule: str = "linear_quadratic"
-    """Base sigma schedule of the solver grid: linear_quadratic (Mochi) or shift (uses --shift)."""
-    linear_quadratic_threshold: float = 0.1
-    linear_range: float = 0.75
-    num_euler_timesteps: int = 50
-    """Solver grid points."""
-    multi_phased_distill_schedule: str = "4000-1"
-    """Phases per step range: '4000-1' = 1 phase until step 4000; '2000-4,4000-1' and so on."""
-    distill_cfg: float = 3.0
-    """Teacher guidance w in v_c + w (v_c - v_u)."""
-    not_apply_cfg_solver: bool = False
-    """Use the teacher's conditional velocity alone (no guidance in the solver)."""
-    huber_c: float = 0.001
-    validation_step_counts: str = "2,4,8"
-    """Sampling steps (on the solver grid) to validate with."""
-    validation_guidance_scales: str = "1.0"
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.schedule not in ("linear_quadratic", "shift"):
-            raise ValueError("--schedule must be linear_quadratic or shift")
-        if self.num_euler_timesteps < 2 or self.huber_c <= 0:
-            raise ValueError("--num_euler_timesteps must be >= 2 and --huber_c > 0")
-        parse_phase_schedule(self.multi_phased_distill_schedule)
-
-    def scheduler(self) -> PCMFlowScheduler:
-        """The sampling scheduler on this run's solver grid."""
-        return PCMFlowScheduler(
-            schedule=self.schedule, shift=self.shift, linear_threshold=self.linear_quadratic_threshold,
-            linear_range=self.linear_range, num_euler_timesteps=self.num_euler_timesteps,
-        )  # fmt: skip
-
-    @property
-    def step_counts(self) -> list[int]:
-        return [int(x) for x in self.validation_step_counts.split(",") if x.strip()]
-
-    @property
-    def guidance_scales(self) -> list[float]:
-        return [float(x) for x in self.validation_guidance_scales.split(",") if x.strip()]
+from fastvideo.training.trainer import Trainer
 
 
 class Distiller(Trainer):
@@ -95,7 +44,8 @@ class Distiller(Trainer):
         cfg = self.cfg
         self.grid = cfg.scheduler().grid
         self.phase_schedule = parse_phase_schedule(cfg.multi_phased_distill_schedule)
-        self.teacher = None if cfg.use_lora else self.build_teacher()
+        # Under LoRA the default teacher is the base itself (adapters off); a named teacher is its own copy.
+        self.teacher = self.build_teacher() if not cfg.use_lora or cfg.teacher_model_path else None
 
     def build_teacher(self) -> torch.nn.Module:
         """A frozen copy of the DiT in the compute dtype, sharded and sequence-parallel like the student."""
@@ -104,9 +54,9 @@ class Distiller(Trainer):
         with torch.device("meta"):
             teacher = self.adapter.transformer_class().from_config(self.adapter.transformer_config())
             teacher = teacher.to(self.compute_dtype()).requires_grad_(False)
-        if self.dims.sp_enabled:
-            self.adapter.enable_sequence_parallel(teacher, self.dims.sp_mesh.get_group())
-        if self.dist.world_size > 1:
+        sp_group = self.dims.sp_mesh.get_group() if self.dims.sp_enabled else None
+        self.adapter.set_attention(teacher, sp_group, self.attention_backend)
+        if self.uses_fsdp():
             blocks = self.adapter.transformer_blocks(teacher)
             apply_fsdp(teacher, blocks, mesh=self.dims.fsdp_mesh, reduce_dtype=torch.float32)
         teacher.to_empty(device=self.dist.device)
@@ -130,30 +80,16 @@ class Distiller(Trainer):
             return self.ema.swapped_into(self.model)
         return contextlib.nullcontext(self.model)
 
-    def autocast(self):
-        dtype = self.compute_dtype()
-        return torch.autocast(self.dist.device.type, dtype=dtype, enabled=dtype != torch.float32)
-
-    def draw(self, latents: torch.Tensor, embeds, mask, micro: int):
-        """Per-sample noise and grid index (and caption dropout, in place), as SP ranks all draw them."""
-        cfg = self.cfg
-        noise = torch.empty_like(latents, device="cpu")
-        index = torch.empty(len(latents), dtype=torch.long)
-        for j in range(len(latents)):
-            g = sample_generator(cfg.seed, self.step, micro, self.dp_rank * cfg.train_batch_size + j)
-            noise[j] = torch.randn(latents.shape[1:], generator=g)
-            index[j] = int(torch.randint(0, self.grid.num_points, (), generator=g))
-            if torch.rand((), generator=g) < cfg.cfg:
-                embeds[j] = 0
-                mask[j] = False
-        return noise.to(latents.device), index
-
-    def forward_backward_step(self, batch: dict, micro: int) -> float:
+    def forward_backward_step(self, batch: dict) -> float:
         cfg, device, grid = self.cfg, self.dist.device, self.grid
         latents = batch["latents"].to(device, torch.float32)
         embeds = batch["prompt_embeds"].to(device, torch.float32)
         mask = batch["prompt_attention_mask"].to(device)
-        noise, index = self.draw(latents, embeds, mask, micro)
+        # Per sample, as fine-tuning draws them (so SP ranks agree): noise, grid index, caption dropout.
+        generators = self.sample_generators(batch)
+        noise = self.draw_noise(latents, generators)
+        index = torch.tensor([int(torch.randint(0, grid.num_points, (), generator=g)) for g in generators])
+        self.drop_captions(embeds, mask, generators)
         phases = phases_at(self.phase_schedule, self.step)
         end = torch.tensor([grid.phase_end(int(i), phases) for i in index])
         s_i, s_next, s_end = (grid.sigmas[k].to(device) for k in (index, index + 1, end))

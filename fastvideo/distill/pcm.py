@@ -27,7 +27,17 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.pipelines.mochi.pipeline_mochi import linear_quadratic_schedule
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
+from fastvideo.distill.config import parse_phase_schedule, phases_at
+
 SCHEDULE_KINDS = ("linear_quadratic", "shift")
+__all__ = [
+    "PCMFlowScheduler",
+    "SolverGrid",
+    "base_sigmas",
+    "parse_phase_schedule",
+    "phases_at",
+    "pseudo_huber",
+]
 
 
 def _shift_sigmas(num_train_timesteps: int, shift: float) -> torch.Tensor:
@@ -137,38 +147,6 @@ class SolverGrid:
         if not 1 <= num_steps <= self.num_points:
             raise ValueError(f"num_steps must be in [1, {self.num_points}], got {num_steps}")
         return self.sigmas[_floor_linspace(self.num_points, num_steps) + [self.num_points]].clone()
-
-
-def _parse_phase_entry(entry: str) -> tuple[int, int]:
-    parts = entry.split("-")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise ValueError(f"bad phase schedule entry {entry!r}; expected 'UNTIL_STEP-PHASES', e.g. '4000-1'")
-    until, phases = int(parts[0]), int(parts[1])
-    if phases < 1:
-        raise ValueError(f"phase count must be >= 1 in {entry!r}")
-    return until, phases
-
-
-def parse_phase_schedule(spec: str) -> list[tuple[int, int]]:
-    """Parse ``"4000-1,8000-2"`` into ``[(4000, 1), (8000, 2)]``: (until-step, phases) pairs.
-
-    Until-steps must increase strictly, so each entry covers a non-empty step range.
-    """
-    entries = [e.strip() for e in spec.split(",")]
-    if not spec.strip() or any(not e for e in entries):
-        raise ValueError(f"empty entry in phase schedule {spec!r}")
-    schedule = [_parse_phase_entry(e) for e in entries]
-    untils = [u for u, _ in schedule]
-    if any(b <= a for a, b in zip(untils, untils[1:], strict=False)):
-        raise ValueError(f"until-steps must increase strictly in phase schedule {spec!r}")
-    return schedule
-
-
-def phases_at(schedule: list[tuple[int, int]], step: int) -> int:
-    """Phases of the first entry whose until-step is > ``step``; past the end, the last entry's."""
-    if not schedule:
-        raise ValueError("empty phase schedule")
-    return next((phases for until, phases in schedule if until > step), schedule[-1][1])
 
 
 def pseudo_huber(pred: torch.Tensor, target: torch.Tensor, c: float = 0.001) -> torch.Tensor:

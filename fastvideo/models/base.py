@@ -9,6 +9,7 @@ holds only what it needs: the VAE pass never has the text encoder in memory and 
 from __future__ import annotations
 
 import abc
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,24 @@ class VideoRules:
         )
 
 
+def component_fingerprint(model_path: str | Path, components: tuple[str, ...]) -> str:
+    """Changes when the named components of a diffusers folder change (e.g. a rebuilt tiny model).
+
+    sha256 of their JSON configs and the names and sizes of their other files, so it costs no pass
+    over the weights.
+    """
+    digest = hashlib.sha256()
+    for sub in components:
+        folder = Path(model_path) / sub
+        for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if not path.is_file():
+                continue
+            digest.update(f"{sub}/{path.name}:{path.stat().st_size}".encode())
+            if path.suffix == ".json":
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 class ModelAdapter(abc.ABC):
     """Loads one family's diffusers-layout directory and encodes/decodes for it."""
 
@@ -106,8 +125,9 @@ class ModelAdapter(abc.ABC):
     def num_attention_heads(self, transformer: torch.nn.Module) -> int: ...
 
     @abc.abstractmethod
-    def enable_sequence_parallel(self, transformer: torch.nn.Module, sp_group) -> None:
-        """Install the family's SP plan (split/gather hooks, Ulysses attention) on a plain diffusers DiT."""
+    def set_attention(self, transformer: torch.nn.Module, sp_group=None, backend: str = "sdpa") -> None:
+        """Install the family's attention on a plain diffusers DiT: the SP plan (split/gather hooks, Ulysses
+        attention) when ``sp_group`` has more than one rank, and the kernel (``backend``: sdpa or flash)."""
 
     @abc.abstractmethod
     def predict_velocity(

@@ -79,10 +79,13 @@ class MochiAdapter(ModelAdapter):
     def num_attention_heads(self, transformer) -> int:
         return transformer.config.num_attention_heads
 
-    def enable_sequence_parallel(self, transformer, sp_group) -> None:
-        from fastvideo.models.mochi_sp import enable_mochi_sequence_parallel
+    def set_attention(self, transformer, sp_group=None, backend: str = "sdpa") -> None:
+        from fastvideo.models.mochi_sp import configure_mochi_attention, enable_mochi_sequence_parallel
 
-        enable_mochi_sequence_parallel(transformer, sp_group)
+        if sp_group is None:
+            configure_mochi_attention(transformer, backend)
+        else:
+            enable_mochi_sequence_parallel(transformer, sp_group, backend)
 
     def predict_velocity(self, transformer, noisy_latents, sigmas, prompt_embeds, prompt_attention_mask):
         # Mochi runs time backwards: the DiT sees 1000 * (1 - sigma) and predicts -v

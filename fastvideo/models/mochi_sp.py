@@ -1,7 +1,9 @@
-"""Ulysses sequence parallelism for diffusers' ``MochiTransformer3DModel``, without touching diffusers' code.
+"""Ulysses sequence parallelism and the attention backend for diffusers' ``MochiTransformer3DModel``,
+without touching diffusers' code.
 
-    from fastvideo.models.mochi_sp import enable_mochi_sequence_parallel
-    enable_mochi_sequence_parallel(transformer, dims.sp_mesh)   # or a ProcessGroup
+    from fastvideo.models.mochi_sp import configure_mochi_attention, enable_mochi_sequence_parallel
+    enable_mochi_sequence_parallel(transformer, dims.sp_mesh, backend="sdpa")   # or a ProcessGroup
+    configure_mochi_attention(transformer, None, backend="flash")               # no SP: flash-attn only
     out = transformer(latents, prompt_embeds, timestep, prompt_mask, return_dict=False)[0]
 
 Every rank of the SP group must pass the same full inputs; every rank gets the same full output
@@ -21,6 +23,10 @@ What is installed (instance-level only: per-module hooks and ``attn.processor`` 
   unpatchify sees the full sequence.
 
 The text stream (``encoder_hidden_states``) is replicated: every rank computes it in full.
+
+Without SP the same processor (no group, no hooks) runs Mochi's joint attention on the chosen
+kernel (``fastvideo.models.attention``); with the sdpa kernel and no SP, diffusers' own
+``MochiAttnProcessor2_0`` is left in place, so that case is diffusers' code exactly.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import torch.nn.functional as F
 from diffusers import MochiTransformer3DModel
 from diffusers.models.attention_processor import MochiAttention
 
+from fastvideo.models.attention import attend
 from fastvideo.parallel.sequence_parallel import (
     GatherOutput,
     SeqShard,
@@ -78,18 +85,22 @@ def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.
     return torch.stack([rotated_even, rotated_odd], dim=-1).flatten(-2)
 
 
-def _video_qkv(attn: MochiAttention, hidden_states: torch.Tensor, rope: ShardedRope) -> torch.Tensor:
-    """Q, K, V of the local video tokens, all heads, RoPE applied: [3, B, N/P, H, D]."""
+def _video_qkv(
+    attn: MochiAttention, hidden_states: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+) -> torch.Tensor:
+    """Q, K, V of the local video tokens, all heads, RoPE (cos, sin) applied: [3, B, N/P, H, D]."""
     query = attn.norm_q(attn.to_q(hidden_states).unflatten(2, (attn.heads, -1)))
     key = attn.norm_k(attn.to_k(hidden_states).unflatten(2, (attn.heads, -1)))
     value = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
-    # The tables are per head, so rotate before the all-to-all while this rank still has every head.
-    query = _apply_rope(query, rope.cos, rope.sin)
-    key = _apply_rope(key, rope.cos, rope.sin)
+    if rope is not None:
+        # The tables are per head, so rotate before the all-to-all while this rank still has every head.
+        query, key = _apply_rope(query, *rope), _apply_rope(key, *rope)
     return torch.stack([query, key, value])
 
 
-def _text_qkv(attn: MochiAttention, encoder_hidden_states: torch.Tensor, shard: SeqShard) -> torch.Tensor:
+def _text_qkv(
+    attn: MochiAttention, encoder_hidden_states: torch.Tensor, rank: int, world: int
+) -> torch.Tensor:
     """Q, K, V of all text tokens for this rank's heads only: [3, B, L, H/P, D].
 
     Computed in full on every rank (the text stream is replicated) and then sliced, so the
@@ -98,13 +109,13 @@ def _text_qkv(attn: MochiAttention, encoder_hidden_states: torch.Tensor, shard: 
     query = attn.norm_added_q(attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1)))
     key = attn.norm_added_k(attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1)))
     value = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
-    local_heads = attn.heads // shard.world
+    local_heads = attn.heads // world
     qkv = torch.stack([query, key, value])
-    return qkv.narrow(3, shard.rank * local_heads, local_heads)
+    return qkv.narrow(3, rank * local_heads, local_heads)
 
 
 def _attend_per_sample(
-    video: torch.Tensor, text: torch.Tensor, attention_mask: torch.Tensor | None
+    video: torch.Tensor, text: torch.Tensor, attention_mask: torch.Tensor | None, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Joint attention over [video; valid text] per sample, as ``MochiAttnProcessor2_0`` does.
 
@@ -121,24 +132,26 @@ def _attend_per_sample(
             keep = torch.nonzero(attention_mask[b].flatten(), as_tuple=False).flatten()
         # [3, 1, h, N + L_valid, D]: heads before tokens, as scaled_dot_product_attention wants.
         qkv = torch.cat([video[:, b : b + 1], text[:, b : b + 1, keep]], dim=2).transpose(2, 3)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], dropout_p=0.0, is_causal=False)
-        out = out.transpose(1, 2)  # [1, N + L_valid, h, D]
+        out = attend(qkv[0], qkv[1], qkv[2], backend).transpose(1, 2)  # [1, N + L_valid, h, D]
         video_outs.append(out[:, :num_video])
         text_outs.append(F.pad(out[:, num_video:], (0, 0, 0, 0, 0, num_text - keep.numel())))
     return torch.cat(video_outs), torch.cat(text_outs)
 
 
 class MochiUlyssesAttnProcessor:
-    """Ulysses replacement for ``MochiAttnProcessor2_0``; needs the plan's :class:`ShardedRope`.
+    """fastvideo's replacement for ``MochiAttnProcessor2_0``: Ulysses SP (with a group) on any kernel.
 
-    Local video Q/K/V [B, N/P, H, D] -> all-to-all -> [B, N, H/P, D] (padding dropped); text Q/K/V
-    replicated and sliced to the same heads; per-sample attention over [video; valid text]; video
-    output back through the inverse all-to-all to [B, N/P, H, D]; text output all-gathered over heads
-    so the replicated text stream stays identical on every rank.
+    With an SP group it needs the plan's :class:`ShardedRope`. Local video Q/K/V [B, N/P, H, D] ->
+    all-to-all -> [B, N, H/P, D] (padding dropped); text Q/K/V replicated and sliced to the same
+    heads; per-sample attention over [video; valid text]; video output back through the inverse
+    all-to-all to [B, N/P, H, D]; text output all-gathered over heads so the replicated text stream
+    stays identical on every rank. Without a group (``sp_group=None``) it is Mochi's attention on
+    the ``backend`` kernel.
     """
 
-    def __init__(self, sp_group: SPGroup) -> None:
-        self.group = as_process_group(sp_group)
+    def __init__(self, sp_group: SPGroup | None, backend: str = "sdpa") -> None:
+        self.group = as_process_group(sp_group) if sp_group is not None else None
+        self.backend = backend
 
     def __deepcopy__(self, memo: dict) -> MochiUlyssesAttnProcessor:
         # Stateless, and a ProcessGroup cannot be copied: copies of the model (EMA, a distillation
@@ -151,8 +164,12 @@ class MochiUlyssesAttnProcessor:
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None,
-        image_rotary_emb: ShardedRope | None = None,
+        image_rotary_emb: ShardedRope | tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.group is None:
+            return self._attend_whole(
+                attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb
+            )
         if not isinstance(image_rotary_emb, ShardedRope):
             raise RuntimeError(
                 "MochiUlyssesAttnProcessor needs the RoPE tables split by MOCHI_SP_PLAN; "
@@ -160,18 +177,26 @@ class MochiUlyssesAttnProcessor:
             )
         shard = image_rotary_emb.shard
         # Every rank now holds every (real) token for its heads; padding would dilute the softmax.
-        video = seq_to_heads(
-            _video_qkv(attn, hidden_states, image_rotary_emb), self.group, seq_dim=2, head_dim=3
-        )
+        rope = (image_rotary_emb.cos, image_rotary_emb.sin)
+        video = seq_to_heads(_video_qkv(attn, hidden_states, rope), self.group, seq_dim=2, head_dim=3)
         video = trim(video, 2, shard.full_len)
-        text = _text_qkv(attn, encoder_hidden_states, shard)
+        text = _text_qkv(attn, encoder_hidden_states, shard.rank, shard.world)
 
-        video_out, text_out = _attend_per_sample(video, text, attention_mask)
+        video_out, text_out = _attend_per_sample(video, text, attention_mask, self.backend)
 
         video_out, _ = pad_to_multiple(video_out, 1, shard.world)
         video_out = heads_to_seq(video_out, self.group, seq_dim=1, head_dim=2).flatten(2, 3)
         text_out = all_gather_along(text_out, 2, self.group).flatten(2, 3)
+        return self._project(attn, video_out, text_out)
 
+    def _attend_whole(self, attn, hidden_states, encoder_hidden_states, attention_mask, rope):
+        video = _video_qkv(attn, hidden_states, rope)
+        text = _text_qkv(attn, encoder_hidden_states, 0, 1)
+        video_out, text_out = _attend_per_sample(video, text, attention_mask, self.backend)
+        return self._project(attn, video_out.flatten(2, 3), text_out.flatten(2, 3))
+
+    @staticmethod
+    def _project(attn: MochiAttention, video_out: torch.Tensor, text_out: torch.Tensor):
         hidden_states = attn.to_out[1](attn.to_out[0](video_out))
         if hasattr(attn, "to_add_out"):
             text_out = attn.to_add_out(text_out)
@@ -183,12 +208,15 @@ def valid_sp_sizes(num_heads: int) -> list[int]:
     return [d for d in range(1, num_heads + 1) if num_heads % d == 0]
 
 
-def enable_mochi_sequence_parallel(transformer: MochiTransformer3DModel, sp_group: SPGroup) -> None:
+def enable_mochi_sequence_parallel(
+    transformer: MochiTransformer3DModel, sp_group: SPGroup, backend: str = "sdpa"
+) -> None:
     """Make ``transformer`` run Ulysses SP over ``sp_group`` (a ProcessGroup or 1-D DeviceMesh).
 
     Only this instance changes (hooks + per-module processors). Call it once, on the plain model or
-    after ``fully_shard`` / checkpoint wrappers, either works. An SP size of 1 changes nothing.
-    Raises ValueError when the head count is not divisible by the SP size.
+    after ``fully_shard`` / checkpoint wrappers, either works. An SP size of 1 only sets the kernel
+    (``configure_mochi_attention``). Raises ValueError when the head count is not divisible by the
+    SP size.
     """
     world = group_size(sp_group)
     heads = transformer.config.num_attention_heads
@@ -198,13 +226,23 @@ def enable_mochi_sequence_parallel(transformer: MochiTransformer3DModel, sp_grou
             f"valid SP sizes for this model: {valid_sp_sizes(heads)}"
         )
     if world == 1:
+        configure_mochi_attention(transformer, backend)
         return
     if getattr(transformer, "_fastvideo_sp_enabled", False):
         raise RuntimeError("sequence parallelism is already enabled on this transformer")
-    processor = MochiUlyssesAttnProcessor(sp_group)
-    attentions = [m for m in transformer.modules() if isinstance(m, MochiAttention)]
-    for attention in attentions:
-        attention.processor = processor
+    _set_processor(transformer, MochiUlyssesAttnProcessor(sp_group, backend))
     apply_sp_plan(transformer, MOCHI_SP_PLAN, sp_group)
     # A plain flag (not a tensor or module), so state_dict and FSDP never see it.
     transformer._fastvideo_sp_enabled = True
+
+
+def configure_mochi_attention(transformer: MochiTransformer3DModel, backend: str) -> None:
+    """Without SP: diffusers' processor for sdpa, fastvideo's (group-less) processor for flash."""
+    if backend != "sdpa":
+        _set_processor(transformer, MochiUlyssesAttnProcessor(None, backend))
+
+
+def _set_processor(transformer: torch.nn.Module, processor: MochiUlyssesAttnProcessor) -> None:
+    for module in transformer.modules():
+        if isinstance(module, MochiAttention):
+            module.processor = processor

@@ -5,7 +5,8 @@
 A 2-D mesh (replicate x shard) gives HSDP. Parameters keep ``model``'s dtype as master weights
 (fp32 by default); ``param_dtype`` is what forward/backward compute in, and gradients are reduced
 in ``reduce_dtype``. ``cpu_offload`` keeps sharded parameters, gradients and optimizer state in
-host memory. Nothing here knows about any model family: the adapter says what the blocks are.
+host memory (also over one process, the trainer's answer to ``--cpu_offload`` on one GPU). Nothing
+here knows about any model family: the adapter says what the blocks are.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def apply_fsdp(
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     kwargs = {"mesh": mesh, "mp_policy": mp}
     if cpu_offload:
-        kwargs["offload_policy"] = CPUOffloadPolicy()
+        # Pinned host memory speeds up copies to the GPU; there is nothing to pin for on a CPU mesh.
+        kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=mesh.device_type == "cuda")
     last = len(blocks) - 1
     for i, block in enumerate(blocks):
         # The last block's parameters are needed again right away by backward: don't reshard them.

@@ -28,16 +28,19 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
-from fastvideo.cli import launch
+from fastvideo.cli import launch, parse_config
 from fastvideo.data_preprocess.video import write_video
 from fastvideo.io import atomic_torch_save
 from fastvideo.models import get_adapter_class
+from fastvideo.models.attention import BACKENDS, resolve_backend
 from fastvideo.parallel.process_group import DistInfo
 from fastvideo.sample.denoise import euler_denoise
 
 SCHEDULERS = ("auto", "euler", "pcm_linear_quadratic")
+NO_PROMPTS = "no prompts: pass --prompts 'a|b' or --prompt_path FILE"
 EMBED_CACHE = 32
 
 
@@ -79,6 +82,8 @@ class SampleConfig:
     """bf16 | fp32 | auto (bf16 on GPU, fp32 on CPU)."""
     save_latents: bool = False
     """Also write each video's final latents as .pt (for exact comparisons)."""
+    attention_backend: str = "auto"
+    """auto (flash-attn on CUDA when it is installed, else sdpa), sdpa or flash."""
 
     def __post_init__(self):
         if self.scheduler_type not in SCHEDULERS:
@@ -89,6 +94,8 @@ class SampleConfig:
             raise ValueError("--num_inference_steps must be >= 1")
         if self.dtype not in ("auto", "bf16", "fp32"):
             raise ValueError("--dtype must be auto, bf16 or fp32")
+        if self.attention_backend not in BACKENDS:
+            raise ValueError(f"--attention_backend must be one of {', '.join(BACKENDS)}")
 
     @property
     def prompt_list(self) -> list[str]:
@@ -132,10 +139,8 @@ class Sampler:
             cfg.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32
         )
         self.model_path = Path(cfg.model_path)
-        if not (self.model_path / "model_index.json").is_file():
-            raise FileNotFoundError(
-                f"{self.model_path} is not a diffusers pipeline folder (no model_index.json)"
-            )
+        check_pipeline_folder(self.model_path)
+        self.attention_backend = resolve_backend(cfg.attention_backend, device)
         self.adapter = get_adapter_class(cfg.model_type)(self.model_path, device=device, dtype=self.dtype)
         self.transformer = self.load_transformer()
         self.adapter.load_text_encoder()
@@ -152,10 +157,8 @@ class Sampler:
         if cfg.lora_path or (lora / "pytorch_lora_weights.safetensors").is_file():
             self.apply_lora(transformer, lora)
         transformer = transformer.to(self.dist.device).eval().requires_grad_(False)
-        if self.dist.world_size > 1:
-            import torch.distributed as dist
-
-            self.adapter.enable_sequence_parallel(transformer, dist.group.WORLD)
+        sp_group = dist.group.WORLD if self.dist.world_size > 1 else None
+        self.adapter.set_attention(transformer, sp_group, self.attention_backend)
         return transformer
 
     def apply_lora(self, transformer: torch.nn.Module, folder: Path) -> None:
@@ -268,7 +271,7 @@ class Sampler:
         cfg = self.cfg
         prompts = cfg.prompt_list
         if not prompts:
-            raise ValueError("no prompts: pass --prompts 'a|b' or --prompt_path FILE")
+            raise ValueError(NO_PROMPTS)
         shared = {f.name: getattr(cfg, f.name) for f in fields(Request) if f.name not in ("prompt", "seed")}
         jobs = [Request(prompt=p, seed=s, **shared) for p in prompts for s in cfg.seed_list]
         kind, _, guidance = self.resolve(jobs[0])
@@ -302,8 +305,25 @@ class Sampler:
         return written
 
 
+def preflight(argv: list[str], world_size: int, single_node: bool = True) -> None:
+    """What ``python -m fastvideo.launch`` checks once before starting the workers (ValueError)."""
+    cfg = parse_config(SampleConfig, argv)
+    check_pipeline_folder(Path(cfg.model_path))
+    if not cfg.prompt_list:
+        raise ValueError(NO_PROMPTS)
+
+
+def check_pipeline_folder(path: Path) -> None:
+    if not (path / "model_index.json").is_file():
+        raise FileNotFoundError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
+
+
+def sample(cfg: SampleConfig, dist_info: DistInfo) -> None:
+    Sampler(cfg, dist_info).run()
+
+
 def main(argv: list[str] | None = None) -> int:
-    return launch(SampleConfig, Sampler, argv, __doc__)
+    return launch(SampleConfig, sample, argv, __doc__)
 
 
 if __name__ == "__main__":

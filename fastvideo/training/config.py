@@ -1,13 +1,21 @@
 """The fine-tuning configuration: one typed dataclass, validated before any model is loaded.
 
-Every field is a command-line flag of ``fastvideo/train.py`` (see ``fastvideo.cli``).
+Every field is a command-line flag of ``fastvideo/train.py`` (see ``fastvideo.cli``). Field values
+are checked in ``__post_init__``; ``preflight(world_size)`` then checks them against the files and
+the process count, which the launcher (``fastvideo.launch``) does once before any worker starts.
+This module stays light (no diffusers import), so that check costs no more than importing torch.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
 
 from fastvideo.models import MODEL_TYPES
+from fastvideo.models.base import component_fingerprint
 from fastvideo.training.flow_matching import WEIGHTING_SCHEMES
 from fastvideo.training.lora import DEFAULT_TARGETS
 
@@ -17,6 +25,16 @@ LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine
 
 @dataclass
 class TrainConfig:
+    # Flags a resumed run may change: where and how fast it computes, for how long, and what it records.
+    # Every other flag is part of the run's fingerprint (checkpoint.py), with the model and the data.
+    RESUME_MAY_CHANGE: ClassVar[frozenset[str]] = frozenset({
+        "output_dir", "resume_from_checkpoint", "max_train_steps", "checkpointing_steps",
+        "checkpoints_total_limit", "validation_steps", "validation_sampling_steps", "validation_guidance_scale",
+        "report_to", "sp_size", "dp_replicate", "dp_shard", "train_batch_size", "gradient_accumulation_steps",
+        "activation_checkpointing", "ac_budget_gb", "compile", "cpu_offload", "attention_backend",
+    })  # fmt: skip
+    REFUSED_FLAGS: ClassVar[dict[str, str]] = {}
+
     output_dir: str = "outputs/finetune"
     """Checkpoints, metrics.jsonl, loss_curve.png, validation videos and the exported transformer."""
     model_type: str = "mochi"
@@ -32,6 +50,7 @@ class TrainConfig:
     train_batch_size: int = 1
     """Samples per data-parallel rank per micro-step."""
     gradient_accumulation_steps: int = 1
+    """Micro-steps per optimizer step; the global batch is train_batch_size x data-parallel ranks x this."""
     learning_rate: float = 1e-5
     optimizer: str = "adamw"
     """adamw, adamw8bit (bitsandbytes, CUDA only) or prodigy (pip install prodigyopt; use lr 1.0)."""
@@ -70,7 +89,7 @@ class TrainConfig:
     master_weight_type: str = "fp32"
     """dtype of the sharded master weights and optimizer state: fp32 or bf16."""
     cpu_offload: bool = False
-    """Keep sharded parameters, gradients and optimizer state in host memory (FSDP2 offload)."""
+    """Keep sharded parameters, gradients and optimizer state in host memory (FSDP2 offload; also on one GPU)."""
     use_lora: bool = False
     """Train LoRA adapters on a frozen base instead of all weights (exports lora/ instead of transformer/)."""
     lora_rank: int = 128
@@ -91,13 +110,17 @@ class TrainConfig:
     checkpoints_total_limit: int = 0
     """Keep only the newest this many checkpoints (0: keep all)."""
     resume_from_checkpoint: str = ""
-    """'latest' or a checkpoint directory; empty: start fresh."""
+    """'latest' or a checkpoint directory; empty: start fresh. 'latest' refuses a checkpoint written with another
+    model, data or hyperparameters; naming the directory accepts it. The process count may differ (elastic
+    resume) as long as the global batch is the same."""
     validation_steps: int = 0
     """Sample the validation prompts every this many steps (0: never)."""
     validation_sampling_steps: int = 8
     validation_guidance_scale: float = 1.0
     report_to: str = "none"
     """none or wandb (offline when WANDB_API_KEY is unset)."""
+    attention_backend: str = "auto"
+    """auto (flash-attn on CUDA when it is installed, else sdpa), sdpa or flash."""
 
     def __post_init__(self):
         if self.model_type not in MODEL_TYPES:
@@ -137,3 +160,82 @@ class TrainConfig:
             raise ValueError("--lora_base_dtype must be auto, bf16 or fp32")
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError("--ema_decay must be in (0, 1)")
+        from fastvideo.models.attention import BACKENDS
+
+        if self.attention_backend not in BACKENDS:
+            raise ValueError(f"--attention_backend must be one of {', '.join(BACKENDS)}")
+
+    def global_batch(self, dp_size: int) -> int:
+        """Samples per optimizer step over all data-parallel ranks and micro-steps."""
+        return self.train_batch_size * dp_size * self.gradient_accumulation_steps
+
+    def fingerprint(self) -> dict:
+        """What defines this run's results: its flags (bar RESUME_MAY_CHANGE), the model and the data.
+
+        Paths are replaced by their contents' fingerprints, so a moved folder still matches.
+        """
+        from fastvideo.dataset.latent_dataset import resolve_index
+
+        run = {k: v for k, v in vars(self).items() if k not in self.RESUME_MAY_CHANGE}
+        run["model_path"] = component_fingerprint(self.model_path, ("transformer",))
+        run["data_json_path"] = hashlib.sha256(resolve_index(self.data_json_path).read_bytes()).hexdigest()[
+            :16
+        ]
+        return run
+
+    def check_settings(self, world_size: int) -> None:
+        """The flags against the files and the process count, without a process group or weights.
+
+        Raises ValueError with a message that says what to change.
+        """
+        import torch
+
+        from fastvideo.dataset.latent_dataset import read_index, resolve_index
+        from fastvideo.models.attention import resolve_backend
+        from fastvideo.parallel.dims import ParallelDims
+
+        resolve_backend(self.attention_backend, "cuda" if torch.cuda.is_available() else "cpu")
+        if self.optimizer == "adamw8bit" and not torch.cuda.is_available():
+            raise ValueError("--optimizer adamw8bit (bitsandbytes) needs CUDA GPUs; use adamw on CPU")
+        dims = ParallelDims(
+            dp_replicate=self.dp_replicate, dp_shard=self.dp_shard, sp=self.sp_size, world_size=world_size
+        )
+        dims.validate_model(transformer_config(self.model_path)["num_attention_heads"])
+        index = resolve_index(self.data_json_path)
+        read_index(index)
+        check_id_token(self.id_token, index.parent)
+
+    def preflight(self, world_size: int, check_output_dir: bool = True) -> None:
+        """``check_settings``, that no live run holds --output_dir, and that the checkpoint to resume
+        from fits this run (the launcher runs this once, before any worker starts)."""
+        from fastvideo.lock import check_free
+        from fastvideo.training.checkpoint import choose_checkpoint
+
+        self.check_settings(world_size)
+        if check_output_dir:
+            check_free(self.output_dir)
+        if self.resume_from_checkpoint:
+            root = Path(self.output_dir) / "checkpoints"
+            choose_checkpoint(root, self.resume_from_checkpoint, self.fingerprint(), repair=False)
+
+
+def transformer_config(model_path: str | Path) -> dict:
+    """The DiT's architecture, from ``transformer/config.json`` (no weights loaded; ``_`` keys dropped)."""
+    config = Path(model_path) / "transformer" / "config.json"
+    if not config.is_file():
+        raise ValueError(
+            f"{model_path} is not a diffusers model folder (no transformer/config.json); build the tiny default "
+            "with `python -m fastvideo.models.tiny --output data/tiny-mochi` or download real weights"
+        )
+    return {k: v for k, v in json.loads(config.read_text()).items() if not k.startswith("_")}
+
+
+def check_id_token(id_token: str, data_dir: Path) -> None:
+    """Captions are embedded at preprocessing, so the trigger word must have been added there."""
+    config_file = Path(data_dir) / "preprocess_config.json"
+    used = json.loads(config_file.read_text()).get("id_token", "") if config_file.is_file() else ""
+    if used != id_token:
+        raise ValueError(
+            f"--id_token {id_token!r} but {data_dir} was preprocessed with ID_TOKEN={used!r}; captions are "
+            f"embedded at preprocessing: re-run it with ID_TOKEN={id_token!r} (or pass --id_token {used!r})"
+        )

@@ -8,10 +8,15 @@
         validate(model)                    # ... and its own weights again after it
     state = ema.state_dict()               # {name: shadow tensor}; ema.load_state_dict(state)
 
-Create the EMA after the model is sharded (``fully_shard``) and materialised: each shadow is
-``p.detach().clone()``, so for an FSDP2 parameter (a DTensor) it is a DTensor with the same mesh and
-placements, and ``state_dict()`` can go through ``torch.distributed.checkpoint`` beside the model.
-``update`` and the swap work on each rank's local shards only, so they never communicate.
+Create the EMA after the model is sharded (``fully_shard``) and materialised: each shadow is an
+fp32 copy of its parameter, so for an FSDP2 parameter (a DTensor) it is a DTensor with the same mesh
+and placements, and ``state_dict()`` can go through ``torch.distributed.checkpoint`` beside the
+model. ``update`` and the swap work on each rank's local shards only, so they never communicate.
+
+Shadows are fp32 whatever the weights' dtype: with bf16 weights (``--master_weight_type bf16``, a
+LoRA's bf16 base) a bf16 shadow would round away updates smaller than its precision, and with a
+decay of 0.999 that is most of them. Swapping fp32 shadows into bf16 weights keeps a copy of the
+weights to put back, so the shadows never pass through bf16.
 
 Only parameters with ``requires_grad`` are tracked (frozen ones never change). Up to and including
 ``start_step`` the shadow just copies the weights; averaging starts with the step after it.
@@ -62,8 +67,11 @@ class EMA:
         if not self.params:
             raise ValueError("EMA got no trainable parameters")
         with torch.no_grad():
-            self.shadow: dict[str, torch.Tensor] = {n: p.detach().clone() for n, p in self.params.items()}
+            self.shadow: dict[str, torch.Tensor] = {
+                n: p.detach().to(torch.float32, copy=True) for n, p in self.params.items()
+            }
         self._swapped = False
+        self._backup: list[torch.Tensor] | None = None
 
     # --- updating --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -71,6 +79,7 @@ class EMA:
         """Fold the current weights in; call once per optimizer step with the new step count."""
         self._refuse_while_swapped("update")
         shadows, weights = self._local_pairs(self.params)
+        weights = [w.float() for w in weights]  # no copy for fp32 weights
         if step <= self.start_step:
             torch._foreach_copy_(shadows, weights)
         else:
@@ -83,11 +92,10 @@ class EMA:
         shadows, weights = [], []
         for name, shadow in self.shadow.items():
             s, w = local(shadow), local(params[name].detach())
-            if s.shape != w.shape or s.dtype != w.dtype:
+            if s.shape != w.shape:
                 raise RuntimeError(
-                    f"EMA shadow of {name} is {tuple(s.shape)} {s.dtype} but the parameter is "
-                    f"{tuple(w.shape)} {w.dtype}: create the EMA after fully_shard and materialisation, "
-                    "from the parameters being trained"
+                    f"EMA shadow of {name} is {tuple(s.shape)} but the parameter is {tuple(w.shape)}: create "
+                    "the EMA after fully_shard and materialisation, from the parameters being trained"
                 )
             shadows.append(s)
             weights.append(w)
@@ -114,12 +122,23 @@ class EMA:
         raise ValueError(f"the model has no parameters named {missing} (and maybe more) that this EMA tracks")
 
     @torch.no_grad()
-    def _swap(self, targets: Mapping[str, torch.Tensor]) -> None:
-        # Exchange through one parameter-sized temporary at a time instead of a full backup copy.
-        for s, w in zip(*self._local_pairs(targets), strict=True):
-            tmp = w.clone()
-            w.copy_(s)
-            s.copy_(tmp)
+    def _swap_in(self, targets: Mapping[str, torch.Tensor]) -> None:
+        shadows, weights = self._local_pairs(targets)
+        if all(s.dtype == w.dtype for s, w in zip(shadows, weights, strict=True)):
+            _exchange(shadows, weights)
+            return
+        # Lower-precision weights: keep them to put back, so the fp32 shadows are never rounded.
+        self._backup = [w.clone() for w in weights]
+        torch._foreach_copy_(weights, shadows)
+
+    @torch.no_grad()
+    def _swap_out(self, targets: Mapping[str, torch.Tensor]) -> None:
+        shadows, weights = self._local_pairs(targets)
+        if self._backup is None:
+            _exchange(shadows, weights)
+            return
+        torch._foreach_copy_(weights, self._backup)
+        self._backup = None
 
     @contextlib.contextmanager
     def swap_into(self, model: torch.nn.Module | None = None) -> Iterator[torch.nn.Module | None]:
@@ -132,13 +151,13 @@ class EMA:
         self._refuse_while_swapped("swap_into")
         targets = self._targets(model)
         reshard_fsdp(model)
-        self._swap(targets)
+        self._swap_in(targets)
         self._swapped = True
         try:
             yield model
         finally:
             reshard_fsdp(model)
-            self._swap(targets)
+            self._swap_out(targets)
             self._swapped = False
 
     apply_to = swap_into
@@ -164,6 +183,14 @@ class EMA:
             raise ValueError(f"EMA state does not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
         for name, dst in self.shadow.items():
             copy_into(dst, state[name], name)
+
+
+def _exchange(shadows: list[torch.Tensor], weights: list[torch.Tensor]) -> None:
+    """Swap values pairwise through one parameter-sized temporary at a time (no full backup copy)."""
+    for s, w in zip(shadows, weights, strict=True):
+        tmp = w.clone()
+        w.copy_(s)
+        s.copy_(tmp)
 
 
 def reshard_fsdp(model: torch.nn.Module | None) -> None:

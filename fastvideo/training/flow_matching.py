@@ -10,7 +10,6 @@ predict the velocity ``v = noise - latents`` with an MSE loss. Sigmas are drawn 
 from __future__ import annotations
 
 import torch
-from diffusers.training_utils import compute_density_for_timestep_sampling
 
 WEIGHTING_SCHEMES = ("uniform", "logit_normal", "mode")
 
@@ -30,6 +29,8 @@ def sample_sigmas(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Noise levels [B] in (0, 1]."""
+    from diffusers.training_utils import compute_density_for_timestep_sampling
+
     if scheme not in WEIGHTING_SCHEMES:
         raise ValueError(f"weighting scheme {scheme!r} not in {WEIGHTING_SCHEMES}")
     u = compute_density_for_timestep_sampling(

@@ -8,16 +8,18 @@ and FSDP2 (in that order), then materialises it and loads the weights (rank 0 re
 others receive their shards), so no rank ever holds more than one full copy.
 
 Determinism: the noise, noise level and caption dropout of every sample come from a generator
-seeded by (seed, step, micro-step, the sample's position in the global batch), so a run is a
-function of its config alone: the same on resume, and the same under any data/sequence-parallel
-layout (ranks of one SP group draw identical numbers).
+seeded by (seed, step, the sample's position in the step's global batch), so a run is a function
+of its config alone: the same on resume, and the same under any data/sequence-parallel layout or
+split into micro-steps with the same global batch (ranks of one SP group draw identical numbers).
+
+One live run per output folder: rank 0 holds ``fastvideo.lock.FolderLock`` on ``--output_dir``
+from setup to cleanup, so a second run (a resume started by mistake, say) is refused.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import math
 import time
 from pathlib import Path
@@ -38,11 +40,13 @@ from tqdm import tqdm
 from fastvideo.cli import RunError
 from fastvideo.dataset.latent_dataset import BatchPrefetcher, LatentDataset, ShapeBucketSampler
 from fastvideo.io import atomic_write_json
+from fastvideo.lock import FolderLock, lock_on_main
 from fastvideo.models import ModelAdapter, get_adapter_class
+from fastvideo.models.attention import resolve_backend
 from fastvideo.parallel.checkpointing import extrapolate_profile, profile_activations, resolve_policy
 from fastvideo.parallel.dims import ParallelDims
 from fastvideo.parallel.fsdp import apply_fsdp
-from fastvideo.parallel.process_group import DistInfo
+from fastvideo.parallel.process_group import DistInfo, single_process_group
 from fastvideo.training.checkpoint import CheckpointManager, rng_state, set_rng_state
 from fastvideo.training.config import TrainConfig
 from fastvideo.training.ema import EMA
@@ -60,17 +64,6 @@ from fastvideo.training.validation import run_validation
 
 def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
-
-
-def check_id_token(id_token: str, data_dir: Path) -> None:
-    """Captions are embedded at preprocessing, so the trigger word must have been added there."""
-    config_file = Path(data_dir) / "preprocess_config.json"
-    used = json.loads(config_file.read_text()).get("id_token", "") if config_file.is_file() else ""
-    if used != id_token:
-        raise ValueError(
-            f"--id_token {id_token!r} but {data_dir} was preprocessed with ID_TOKEN={used!r}; captions are "
-            f"embedded at preprocessing: re-run it with ID_TOKEN={id_token!r} (or pass --id_token {used!r})"
-        )
 
 
 def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], device: torch.device):
@@ -96,7 +89,7 @@ def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], device: t
     return Prodigy(params, **kwargs)
 
 
-def compile_blocks(blocks: torch.nn.ModuleList) -> None:
+def compile_blocks(blocks: torch.nn.ModuleList, backend: str = "inductor") -> None:
     """torch.compile each block in place (parameter names do not change; like blocks share graphs).
 
     A checkpointed block is compiled inside its checkpoint wrapper: dynamo cannot trace a checkpoint
@@ -104,16 +97,16 @@ def compile_blocks(blocks: torch.nn.ModuleList) -> None:
     run such a block eagerly. So the checkpoint stays eager and recomputes the compiled block.
     """
     for block in blocks:
-        getattr(block, "_checkpoint_wrapped_module", block).compile()
+        getattr(block, "_checkpoint_wrapped_module", block).compile(backend=backend)
 
 
 class TrainingError(RunError):
     """A run that must stop (non-finite loss, ...); the message is for the user."""
 
 
-def sample_generator(seed: int, step: int, micro: int, sample: int) -> torch.Generator:
-    """A distinct, reproducible stream per (step, micro-step, global sample position)."""
-    digest = hashlib.sha256(f"{seed}:{step}:{micro}:{sample}".encode()).digest()
+def sample_generator(seed: int, step: int, position: int) -> torch.Generator:
+    """A distinct, reproducible stream per (step, the sample's position in the step's global batch)."""
+    digest = hashlib.sha256(f"{seed}:{step}:{position}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF)
 
 
@@ -122,10 +115,18 @@ class Trainer:
         self.cfg = cfg
         self.dist = dist_info
         self.step = 0
+        self.lock: FolderLock | None = None
+        self.batches: BatchPrefetcher | None = None
+        self.logger: MetricsLogger | None = None
 
     # --- setup ----------------------------------------------------------------------------------
     def setup(self) -> None:
         cfg = self.cfg
+        cfg.check_settings(self.dist.world_size)
+        self.lock = lock_on_main(cfg.output_dir, self.dist)
+        if cfg.cpu_offload and self.dist.world_size == 1:
+            single_process_group(self.dist.device)  # FSDP2 does the offloading, so it runs even over one GPU
+        self.attention_backend = resolve_backend(cfg.attention_backend, self.dist.device)
         self.adapter: ModelAdapter = get_adapter_class(cfg.model_type)(
             cfg.model_path, device=self.dist.device
         )
@@ -136,19 +137,14 @@ class Trainer:
             world_size=self.dist.world_size,
             device_type=self.dist.device.type,
         )
-        self.dims.validate_model(self.adapter.transformer_config()["num_attention_heads"])
-        if cfg.cpu_offload and self.dist.device.type != "cuda":
-            raise ValueError(
-                "--cpu_offload keeps FSDP shards in host memory between GPU uses; it needs CUDA GPUs"
-            )
         self.dataset = LatentDataset(cfg.data_json_path)
-        check_id_token(cfg.id_token, self.dataset.root)
         self.dp_rank = self.dims.dp_mesh.get_local_rank() if self.dist.world_size > 1 else 0
         self.sampler = ShapeBucketSampler(
             self.dataset,
             batch_size=cfg.train_batch_size,
             dp_rank=self.dp_rank,
             dp_size=self.dims.dp_size,
+            accumulation=cfg.gradient_accumulation_steps,
             seed=cfg.seed,
         )
         self.model = self.build_model()
@@ -164,7 +160,10 @@ class Trainer:
             EMA(self.model, decay=cfg.ema_decay, start_step=cfg.ema_start_step) if cfg.use_ema else None
         )
         self.checkpoints = CheckpointManager(
-            cfg.output_dir, self.dist, keep_last=cfg.checkpoints_total_limit or None
+            cfg.output_dir,
+            self.dist,
+            keep_last=cfg.checkpoints_total_limit or None,
+            fingerprint=cfg.fingerprint(),
         )
         resumed = self.maybe_resume()
         self.batches = BatchPrefetcher(self.sampler, self.dataset)
@@ -194,16 +193,24 @@ class Trainer:
             if choice == "auto"
             else {"bf16": torch.bfloat16, "fp32": torch.float32}[choice]
         )
-        if dtype != self.compute_dtype() and self.dist.world_size == 1 and self.dist.device.type != "cuda":
-            # Without FSDP nothing casts the base to the compute dtype, and CPU autocast has no fp32 mode.
-            raise ValueError(
-                "--lora_base_dtype bf16 with fp32 compute needs several processes or a GPU; use auto"
-            )
+        self.check_weight_dtype(dtype, "--lora_base_dtype")
         return dtype
+
+    def uses_fsdp(self) -> bool:
+        return self.dist.world_size > 1 or self.cfg.cpu_offload
+
+    def check_weight_dtype(self, stored: torch.dtype, flag: str) -> None:
+        """bf16 weights with fp32 compute need FSDP's cast: autocast has no fp32 mode to cast them up."""
+        if stored != torch.float32 and self.compute_dtype() == torch.float32 and not self.uses_fsdp():
+            raise ValueError(
+                f"{flag} bf16 with fp32 compute needs FSDP to cast the weights up (several processes, or "
+                "--cpu_offload); on one process use --mixed_precision bf16, or keep the weights in fp32"
+            )
 
     def build_model(self) -> torch.nn.Module:
         cfg = self.cfg
         master = torch.bfloat16 if cfg.master_weight_type == "bf16" else torch.float32
+        self.check_weight_dtype(master, "--master_weight_type")
         with torch.device("meta"):
             model = self.adapter.transformer_class().from_config(self.adapter.transformer_config())
             if master != torch.float32:
@@ -217,15 +224,15 @@ class Trainer:
                     targets=cfg.lora_target_modules,
                     base_dtype=base_dtype,
                 )
-        if self.dims.sp_enabled:
-            self.adapter.enable_sequence_parallel(model, self.dims.sp_mesh.get_group())
+        sp_group = self.dims.sp_mesh.get_group() if self.dims.sp_enabled else None
+        self.adapter.set_attention(model, sp_group, self.attention_backend)
         blocks = self.adapter.transformer_blocks(model)
         self.ac_blocks = self.checkpoint_policy(model).apply(model)
         if self.dist.is_main and cfg.activation_checkpointing != "none":
             print(f"activation checkpointing: blocks {self.ac_blocks} of {len(blocks)}")
         if cfg.compile:
             compile_blocks(blocks)
-        if self.dist.world_size > 1:
+        if self.uses_fsdp():
             compute = self.compute_dtype()
             apply_fsdp(
                 model,
@@ -238,7 +245,21 @@ class Trainer:
             )
         model.to_empty(device="cpu" if cfg.cpu_offload else self.dist.device)
         self.load_weights(model)
+        if self.dist.is_main:
+            print(f"layout: {self.describe_layout()}")
         return model.train()
+
+    def describe_layout(self) -> str:
+        cfg, dims = self.cfg, self.dims
+        sharding = (
+            "FSDP2" + (" with CPU offload" if cfg.cpu_offload else "") if self.uses_fsdp() else "no FSDP"
+        )
+        return (
+            f"{self.dist.world_size} process(es) on {self.dist.device.type}: dp_replicate {dims.dp_replicate} x "
+            f"dp_shard {dims.dp_shard} x sp {dims.sp}, {sharding}; global batch {cfg.global_batch(dims.dp_size)} "
+            f"({cfg.train_batch_size} x {dims.dp_size} data-parallel x {cfg.gradient_accumulation_steps} micro-steps); "
+            f"{str(self.compute_dtype()).removeprefix('torch.')} compute, {self.attention_backend} attention"
+        )
 
     def load_weights(self, model: torch.nn.Module) -> None:
         """Fill the materialised model: the folder's transformer, plus fresh LoRA adapters from the seed."""
@@ -262,8 +283,8 @@ class Trainer:
         config = {**self.adapter.transformer_config(), "num_layers": 2}
         with torch.device(self.dist.device):  # initialised where it runs: no CPU init of GPU-sized blocks
             probe_model = self.adapter.transformer_class().from_config(config).to(self.compute_dtype())
-        if self.dims.sp_enabled:
-            self.adapter.enable_sequence_parallel(probe_model, self.dims.sp_mesh.get_group())
+        sp_group = self.dims.sp_mesh.get_group() if self.dims.sp_enabled else None
+        self.adapter.set_attention(probe_model, sp_group, self.attention_backend)
         item, b, device = self.dataset[0], self.cfg.train_batch_size, self.dist.device
         latents = torch.zeros(b, *item["latents"].shape, device=device, dtype=self.compute_dtype())
         embeds = torch.zeros(b, *item["prompt_embeds"].shape, device=device, dtype=self.compute_dtype())
@@ -283,12 +304,13 @@ class Trainer:
             if self.dist.is_main:
                 print(f"no complete checkpoint under {self.checkpoints.root}; starting from step 0")
             return False
-        rank_state = self.checkpoints.load(path, self.app_state())
+        trainer_state, rank_state = self.checkpoints.load(path, self.app_state())
+        self.sampler.load_state_dict(trainer_state["data"])
         self.restore_app_state()
-        self.step = rank_state["step"]
-        self.lr_scheduler.load_state_dict(rank_state["lr_scheduler"])
-        self.sampler.load_state_dict(rank_state["sampler"])
-        set_rng_state(rank_state["rng"])
+        self.step = trainer_state["step"]
+        self.lr_scheduler.load_state_dict(trainer_state["lr_scheduler"])
+        if rank_state is not None:
+            set_rng_state(rank_state["rng"])
         if self.dist.is_main:
             print(f"resumed from {path} at step {self.step}")
         return True
@@ -315,12 +337,12 @@ class Trainer:
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
 
-    def rank_state(self) -> dict:
+    def trainer_state(self) -> dict:
+        """What every rank shares: the step, the LR schedule and the data position (in global samples)."""
         return {
             "step": self.step,
             "lr_scheduler": self.lr_scheduler.state_dict(),
-            "sampler": self.batches.state_dict(),
-            "rng": rng_state(),
+            "data": self.batches.state_dict(),
         }
 
     # --- training -------------------------------------------------------------------------------
@@ -352,9 +374,9 @@ class Trainer:
         started = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum, tokens = 0.0, 0
-        for micro in range(cfg.gradient_accumulation_steps):
+        for _ in range(cfg.gradient_accumulation_steps):
             batch = self.batches.next()
-            loss_sum += self.forward_backward_step(batch, micro)
+            loss_sum += self.forward_backward_step(batch)
             tokens += self.tokens_in(batch["latents"])
         grad_norm = self.clip_gradients()
         loss = self.mean_over_dp(loss_sum / cfg.gradient_accumulation_steps)
@@ -381,33 +403,53 @@ class Trainer:
         self.logger.log(self.step, **metrics)
         return metrics
 
-    def forward_backward_step(self, batch: dict, micro: int) -> float:
+    def forward_backward_step(self, batch: dict) -> float:
         cfg = self.cfg
         device = self.dist.device
         latents = batch["latents"].to(device, torch.float32)
         embeds = batch["prompt_embeds"].to(device, torch.float32)
         mask = batch["prompt_attention_mask"].to(device)
-        noise, sigmas = torch.empty_like(latents, device="cpu"), torch.empty(len(latents))
-        for j in range(len(latents)):
-            g = sample_generator(cfg.seed, self.step, micro, self.dp_rank * cfg.train_batch_size + j)
-            noise[j] = torch.randn(latents.shape[1:], generator=g)
-            sigmas[j] = sample_sigmas(
+        generators = self.sample_generators(batch)
+        noise = self.draw_noise(latents, generators)
+        sigmas = torch.cat([
+            sample_sigmas(
                 1, scheme=cfg.weighting_scheme, logit_mean=cfg.logit_mean, logit_std=cfg.logit_std,
                 mode_scale=cfg.mode_scale, shift=cfg.shift, generator=g,
-            )[0]  # fmt: skip
-            if torch.rand((), generator=g) < cfg.cfg:
-                # The unconditional input: a zero embedding with an empty mask (as FastVideo's Mochi).
-                embeds[j] = 0
-                mask[j] = False
-        noise, sigmas = noise.to(device), sigmas.to(device)
+            )
+            for g in generators
+        ]).to(device)  # fmt: skip
+        self.drop_captions(embeds, mask, generators)
         noisy = add_noise(latents, noise, sigmas)
-        with torch.autocast(
-            device.type, dtype=self.compute_dtype(), enabled=self.compute_dtype() != torch.float32
-        ):
+        with self.autocast():
             pred = self.adapter.predict_velocity(self.model, noisy, sigmas, embeds, mask)
         loss = F.mse_loss(pred.float(), velocity_target(latents, noise))
         (loss / cfg.gradient_accumulation_steps).backward()
         return loss.item()
+
+    def autocast(self):
+        dtype = self.compute_dtype()
+        return torch.autocast(self.dist.device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    # --- per-sample randomness (shared with the distiller) -----------------------------------------
+    def sample_generators(self, batch: dict) -> list[torch.Generator]:
+        """One generator per sample, keyed on (seed, step, its position in the global batch)."""
+        return [sample_generator(self.cfg.seed, self.step, int(p)) for p in batch["position"]]
+
+    @staticmethod
+    def draw_noise(latents: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+        """Each sample's noise: the first draw of its generator."""
+        noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in generators])
+        return noise.to(latents.device)
+
+    def drop_captions(
+        self, embeds: torch.Tensor, mask: torch.Tensor, generators: list[torch.Generator]
+    ) -> None:
+        """Caption dropout in place, the last draw of each generator: the unconditional input is a zero
+        embedding with an empty mask (as FastVideo's Mochi)."""
+        for j, g in enumerate(generators):
+            if torch.rand((), generator=g) < self.cfg.cfg:
+                embeds[j] = 0
+                mask[j] = False
 
     def tokens_in(self, latents: torch.Tensor) -> int:
         """Transformer tokens in a latent batch [B, C, T, h, w] (after spatial patchify)."""
@@ -434,7 +476,8 @@ class Trainer:
         with self.ema.swapped_into(self.model) if self.ema is not None else contextlib.nullcontext():
             self.model.eval()
             for out, sigmas, guidance in self.validation_settings(root):
-                run_validation(self, out, sigmas=sigmas, guidance=guidance)
+                with self.autocast():  # as in training: bf16 weights on one process need it
+                    run_validation(self, out, sigmas=sigmas, guidance=guidance)
                 self.logger.log_videos(self.step, out)
             self.model.train()
 
@@ -443,7 +486,7 @@ class Trainer:
         return [(root, None, None)]
 
     def save_checkpoint(self) -> None:
-        path = self.checkpoints.save(self.step, self.app_state(), self.rank_state())
+        path = self.checkpoints.save(self.step, self.app_state(), self.trainer_state(), {"rng": rng_state()})
         if self.dist.is_main:
             print(f"saved checkpoint {path}")
 
@@ -497,12 +540,16 @@ class Trainer:
         return report
 
     def cleanup(self) -> None:
-        self.batches.close()
-        self.logger.close()
+        if self.batches is not None:
+            self.batches.close()
+        if self.logger is not None:
+            self.logger.close()
+        if self.lock is not None:
+            self.lock.release()
 
     def run(self) -> None:
-        self.setup()
         try:
+            self.setup()
             self.train()
             self.export()
         finally:

@@ -62,7 +62,7 @@ def run_validation(
         sigmas = trainer.adapter.default_sigmas(trainer.cfg.validation_sampling_steps)
     if guidance is None:
         guidance = trainer.cfg.validation_guidance_scale
-    prompts = validation_prompts(Path(trainer.cfg.data_json_path))
+    prompts = validation_prompts(trainer.dataset.root)
     if not prompts:
         return []
     shape = tuple(trainer.dataset[0]["latents"].shape)
@@ -75,7 +75,7 @@ def run_validation(
         vae = vae or trainer.adapter.load_vae()
         video = trainer.adapter.decode_latents(vae, latents)[0].cpu()
         path = out_dir / f"prompt-{i:02d}.mp4"
-        write_video(path, video, fps=train_fps(Path(trainer.cfg.data_json_path)))
+        write_video(path, video, fps=train_fps(trainer.dataset.root))
         atomic_torch_save(latents.cpu(), path.with_suffix(".pt"))  # exact comparisons and re-decoding
         (out_dir / f"prompt-{i:02d}.txt").write_text(prompt["caption"] + "\n", encoding="utf-8")
         written.append(path)

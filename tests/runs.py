@@ -74,8 +74,12 @@ def wait_until_free(folder: Path, timeout_s: float = 30.0) -> float:
 
 
 def complete_steps(out: Path) -> list[int]:
-    folder = out / "checkpoints"
-    return sorted(int(p.name[5:]) for p in folder.glob("step-*") if (p / "COMPLETE").is_file())
+    """Steps of the whole checkpoints, counting a ``step-N.tmp`` whose save was killed after its marker
+    (between its renames): the next resume finishes it."""
+    found = (re.fullmatch(r"step-(\d{8})(\.tmp)?", p.name) for p in (out / "checkpoints").glob("step-*"))
+    return sorted(
+        {int(m.group(1)) for m in found if m and (out / "checkpoints" / m.group(0) / "COMPLETE").is_file()}
+    )
 
 
 def kill_after_checkpoint(
@@ -143,8 +147,3 @@ def assert_same_run(got: Path, ref: Path, names=("transformer",), rtol: float = 
         assert ref_w.keys() == got_w.keys() and ref_w, name
         for key in ref_w:
             torch.testing.assert_close(got_w[key], ref_w[key], rtol=rtol, atol=1e-6, msg=f"{name}: {key}")
-
-
-def resumed_at(stdout: str) -> int | None:
-    found = re.search(r"resumed from .* at step (\d+)", stdout)
-    return int(found.group(1)) if found else None

@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         per_node, nodes = layout_of(args)
         preflight(entry_name(args), list(args.training_script_args), per_node * nodes, nodes == 1)
-    except ValueError as err:
+    except (ValueError, OSError) as err:  # bad flags or values; missing or unreadable files
         print(f"error: {err}", file=sys.stderr)
         return 2
     return run_torchrun(args)

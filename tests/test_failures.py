@@ -45,8 +45,9 @@ def stderr_lines(proc) -> list[str]:
         ("finetune_mochi_lora.sh", {"MODEL_PATH": "{tmp}"}, "is not a diffusers model folder"),
         ("distill_t2v.sh", {"DATA_JSON_PATH": "{tmp}/missing/videos2caption.json"}, "does not exist"),
         ("finetune_mochi.sh", {"NNODES": "2"}, "NNODES=2 needs NODE_RANK and MASTER_ADDR"),
+        ("sample_t2v_mochi.sh", {"PROMPT_PATH": "{tmp}/prompts.txt"}, "No such file or directory"),
     ],
-    ids=["num-gpus", "sp-size", "degrees", "data", "model", "distill-data", "nodes"],
+    ids=["num-gpus", "sp-size", "degrees", "data", "model", "distill-data", "nodes", "prompts"],
 )
 def test_a_user_error_in_a_recipe_is_one_line(tmp_path, tiny_mochi, processed, repo_root, script, settings,
                                               expected):  # fmt: skip

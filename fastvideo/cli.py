@@ -8,7 +8,8 @@ a flag is refused with that reason instead of being silently ignored. A bad flag
 ``error:`` line (ValueError), never argparse's usage block.
 
 ``launch`` is the shared ``main`` of the torchrun entry points: parse, run under torch.distributed,
-and turn errors into one line and an exit code (2: bad settings or inputs, 1: the run failed). Every
+and turn errors into one line and an exit code (2: bad settings or inputs, 1: the run failed, 3:
+another rank failed first and this one lost contact with it). Every
 rank prints its own error, naming its rank; a failed rank of a multi-process job exits at once
 (``os._exit``), without tearing down a process group its peers may be blocked in, so torchrun's
 agent ends the whole job within a second instead of at the collective timeout.
@@ -106,6 +107,8 @@ class RunError(RuntimeError):
 
 
 USER_ERRORS = (ValueError, FileNotFoundError)
+# Exit code of a rank that stopped because another rank failed first (its collective lost the peer).
+PEER_LOST = 3
 
 
 def first_line(err: BaseException) -> str:
@@ -160,6 +163,7 @@ def launch(
         except Exception as err:  # any other failure: every rank reports it, then the job ends
             code = 1
             if lost_a_peer(err):
+                code = PEER_LOST  # a consequence, not a cause: the launcher names the rank that failed
                 report_error(f"lost contact with another rank ({first_line(err)}); the rank that failed first "
                              "says why", dist_info.rank, dist_info.world_size)  # fmt: skip
             else:

@@ -71,6 +71,19 @@ def layout_of(args) -> tuple[int, int]:
     return per_node, max_nodes
 
 
+def root_cause(failures: dict) -> tuple[int, object]:
+    """The failure to report: the earliest of the ranks that failed on their own.
+
+    Ranks that exited with PEER_LOST, or were stopped by a signal, only reacted to another failure;
+    the agent may record them in the same instant as the rank that caused it.
+    """
+    from fastvideo.cli import PEER_LOST
+
+    causes = {r: f for r, f in failures.items() if f.exitcode > 0 and f.exitcode != PEER_LOST} or failures
+    rank = min(causes, key=lambda r: (causes[r].timestamp, r))
+    return rank, causes[rank]
+
+
 def run_torchrun(args) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -81,7 +94,7 @@ def run_torchrun(args) -> int:
     try:
         run(args)
     except ChildFailedError as err:
-        rank, failure = err.get_first_failure()
+        rank, failure = root_cause(err.failures)
         code = failure.exitcode
         how = f"exit code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
         print(

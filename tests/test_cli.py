@@ -143,3 +143,16 @@ def test_our_mochi_attention_equals_diffusers(backend, monkeypatch):
         # Q, K, V and the output are rounded to bf16 in each of the blocks, as with flash-attn: a few bf16 eps.
         tol = 4 * torch.finfo(torch.bfloat16).eps
         torch.testing.assert_close(got, expected, rtol=tol, atol=tol * expected.abs().max().item())
+
+
+def test_the_launcher_names_the_rank_that_failed_not_the_ones_that_lost_it():
+    """The agent may record a failing rank and the peer that lost contact with it in the same instant."""
+    from fastvideo.cli import PEER_LOST
+    from fastvideo.launch import root_cause
+
+    def failure(code, t):
+        return types.SimpleNamespace(exitcode=code, timestamp=t)
+
+    assert root_cause({0: failure(PEER_LOST, 5), 1: failure(2, 5)})[0] == 1
+    assert root_cause({0: failure(-15, 4), 1: failure(PEER_LOST, 4), 2: failure(1, 6)})[0] == 2
+    assert root_cause({0: failure(PEER_LOST, 7), 1: failure(-9, 3)})[0] == 1  # no cause known: the earliest

@@ -12,9 +12,9 @@ It takes torchrun's arguments unchanged and runs torchrun's own launcher in this
   line and exit code 2, before any worker starts. (On several nodes the output folder is checked
   by the workers' rank 0 alone: the other nodes' launchers could race it.)
 * **Failure summary.** Each worker prints its own ``error (rank r of n): ...`` line
-  (``fastvideo.cli.launch``). When one fails, torchrun stops the others; this launcher then says
-  which rank failed first and exits with that rank's exit code, instead of torchrun's
-  ``ChildFailedError`` block.
+  (``fastvideo.cli.launch``). When one fails, torchrun stops the others; this launcher then names
+  the rank that failed on its own (not a peer that only lost contact with it, exit code 3) and
+  exits with that rank's exit code, instead of torchrun's ``ChildFailedError`` block.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ with moving test patterns plus temporal noise, so it does not compress trivially
 250 frames (x264's default interval; scene-cut keyframes off so the seek cost is predictable; --gop) --
 then times, for a ``num_frames`` sample at 30 fps taken from the start and from the centre of the clip:
 
-    fastvideo      fastvideo.data_preprocess.video.load_video: decodes only the needed span (seeking to
+    fastvideo      fastvideo.media.video.load_video: decodes only the needed span (seeking to
                    the keyframe before a centre window), converts only the kept frames to RGB
     pyav-all       baseline: PyAV decodes every frame of the file and converts each to RGB, keeping the
                    needed ones (what "read the whole video, then index" loaders do)
@@ -43,8 +43,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from fastvideo.data_preprocess.video import FrameSpec, load_video, probe_video  # noqa: E402
 from fastvideo.io import atomic_path  # noqa: E402
+from fastvideo.media.video import FrameSpec, load_video, probe_video  # noqa: E402
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "data" / "bench"
 

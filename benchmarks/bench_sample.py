@@ -27,8 +27,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fastvideo.distill.pcm import PCMFlowScheduler  # noqa: E402
 from fastvideo.models.tiny import build_tiny  # noqa: E402
+from fastvideo.schedulers import PCMFlowScheduler  # noqa: E402
 from fastvideo.training.export import write_pipeline_folder  # noqa: E402
 
 PROMPTS = "a red circle moving right|a blue square moving up"

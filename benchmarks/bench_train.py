@@ -91,7 +91,7 @@ def activation_bytes(args) -> list[tuple[str, int]]:
     from diffusers import MochiTransformer3DModel
 
     from fastvideo.dataset.latent_dataset import LatentDataset
-    from fastvideo.parallel.checkpointing import SelectiveCheckpointing, saved_tensor_bytes
+    from fastvideo.parallel.activation_checkpointing import SelectiveCheckpointing, saved_tensor_bytes
 
     item = LatentDataset(args.data)[0]
     rows = []
@@ -100,8 +100,9 @@ def activation_bytes(args) -> list[tuple[str, int]]:
         model = MochiTransformer3DModel.from_pretrained(Path(args.model_path) / "transformer")
         if count:
             SelectiveCheckpointing(num_blocks=count).apply(model)
-        inputs = dict(hidden_states=item["latents"][None], encoder_hidden_states=item["prompt_embeds"][None],
-                      timestep=torch.tensor([500.0]), encoder_attention_mask=item["prompt_attention_mask"][None])  # fmt: skip
+        cond = item["cond"]
+        inputs = dict(hidden_states=item["latents"][None], encoder_hidden_states=cond["prompt_embeds"][None],
+                      timestep=torch.tensor([500.0]), encoder_attention_mask=cond["prompt_attention_mask"][None])  # fmt: skip
         rows.append(
             (
                 f"{count} of {depth}",
@@ -142,7 +143,7 @@ def compare_step_times(args, label: str) -> None:
         batches = []
         for indices in trainer.sampler.epoch_batches(0)[:8]:
             b = collate([trainer.dataset[i] for i in indices])
-            batches.append((b["latents"], b["prompt_embeds"], b["prompt_attention_mask"]))
+            batches.append((b["latents"], b["cond"]["prompt_embeds"], b["cond"]["prompt_attention_mask"]))
         bare = bare_loop(trainer, batches)
         ours = trainer.train_step
         timed(ours, 3), timed(bare, 3)  # warm-up

@@ -41,10 +41,10 @@ sys.path.insert(0, str(REPO))
 from diffusers.pipelines.mochi.pipeline_mochi import linear_quadratic_schedule  # noqa: E402
 
 from fastvideo.data_preprocess.synthetic import make_synthetic_dataset, plan_clips  # noqa: E402
-from fastvideo.distill.pcm import PCMFlowScheduler  # noqa: E402
 from fastvideo.models import get_adapter_class  # noqa: E402
 from fastvideo.models.tiny import build_tiny  # noqa: E402
 from fastvideo.sample.denoise import euler_denoise  # noqa: E402
+from fastvideo.schedulers import PCMFlowScheduler  # noqa: E402
 from fastvideo.training.validation import validation_prompts  # noqa: E402
 
 FRAMES, HEIGHT, WIDTH = 25, 64, 96
@@ -169,29 +169,35 @@ def main() -> None:
         "student 8": [],
     }
     for i, prompt in enumerate(prompts):
-        cond = (prompt["prompt_embeds"][None], prompt["prompt_attention_mask"][None])
+        cond = {
+            "prompt_embeds": prompt["prompt_embeds"][None],
+            "prompt_attention_mask": prompt["prompt_attention_mask"][None],
+        }
         for k in range(args.noises):
             noise = torch.randn(1, *shape, generator=torch.Generator().manual_seed(1000 * i + k))
-            ref = euler_denoise(adapter, teacher, noise, mochi_sigmas(64), *cond, guidance)
+            ref = euler_denoise(adapter, teacher, noise, mochi_sigmas(64), cond, guidance)
             runs = {
                 "teacher 8 (Mochi schedule)": euler_denoise(
-                    adapter, teacher, noise, mochi_sigmas(8), *cond, guidance
+                    adapter, teacher, noise, mochi_sigmas(8), cond, guidance
                 ),
-                "teacher 8 (grid points)": euler_denoise(adapter, teacher, noise, grid8, *cond, guidance),
-                "student 8": euler_denoise(adapter, student, noise, grid8, *cond),
+                "teacher 8 (grid points)": euler_denoise(adapter, teacher, noise, grid8, cond, guidance),
+                "student 8": euler_denoise(adapter, student, noise, grid8, cond),
             }
             for name, latents in runs.items():
                 errors[name].append(relative_l2(latents, ref))
         print(f"  prompt {i + 1}/{len(prompts)}: {prompt['caption']}")
 
-    cond = (prompts[0]["prompt_embeds"][None], prompts[0]["prompt_attention_mask"][None])
+    cond = {
+        "prompt_embeds": prompts[0]["prompt_embeds"][None],
+        "prompt_attention_mask": prompts[0]["prompt_attention_mask"][None],
+    }
     noise = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
     timed = {
         "teacher 64, guidance": lambda: euler_denoise(
-            adapter, teacher, noise, mochi_sigmas(64), *cond, guidance
+            adapter, teacher, noise, mochi_sigmas(64), cond, guidance
         ),
-        "teacher 64, no guidance": lambda: euler_denoise(adapter, teacher, noise, mochi_sigmas(64), *cond),
-        "student 8": lambda: euler_denoise(adapter, student, noise, grid8, *cond),
+        "teacher 64, no guidance": lambda: euler_denoise(adapter, teacher, noise, mochi_sigmas(64), cond),
+        "student 8": lambda: euler_denoise(adapter, student, noise, grid8, cond),
     }
     times: dict[str, list[float]] = {name: [] for name in timed}
     for _ in range(args.repeats):

@@ -31,6 +31,7 @@ PREFLIGHTS = {
     "fastvideo.distill": "fastvideo.distill.__main__:preflight",
     "fastvideo.data_preprocess.preprocess": "fastvideo.data_preprocess.preprocess:preflight",
     "fastvideo.sample.sampler": "fastvideo.sample.sampler:preflight",
+    "fastvideo/sample/sample_t2v.py": "fastvideo.sample.sampler:preflight",
     "fastvideo/sample/sample_t2v_mochi.py": "fastvideo.sample.sampler:preflight",
 }
 

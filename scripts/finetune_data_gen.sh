@@ -5,17 +5,18 @@
 # `python -m fastvideo.data_preprocess.preprocess` (see its --help), e.g. --verify 2 --crop random.
 #
 #   bash scripts/finetune_data_gen.sh                                   # tiny model, synthetic clips, CPU
+#   MODEL_TYPE=wan bash scripts/finetune_data_gen.sh                    # the same for Wan (data/processed-wan)
 #   MODEL_PATH=data/mochi DATA_DIR=/videos NUM_FRAMES=37 HEIGHT=480 WIDTH=848 NUM_GPUS=8 \
 #     bash scripts/finetune_data_gen.sh
 # Multi-node: set NNODES, NODE_RANK, MASTER_ADDR and MASTER_PORT on every node.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-MODEL_TYPE=${MODEL_TYPE:-mochi}
-MODEL_PATH=${MODEL_PATH:-data/tiny-$MODEL_TYPE}
+source scripts/family.sh
+MODEL_PATH=${MODEL_PATH:-$TINY_MODEL}
 DATA_MERGE_PATH=${DATA_MERGE_PATH:-}
 DATA_DIR=${DATA_DIR:-}
-OUTPUT_DIR=${OUTPUT_DIR:-data/processed}
+OUTPUT_DIR=${OUTPUT_DIR:-$PROCESSED_DEFAULT}
 NUM_FRAMES=${NUM_FRAMES:-25}
 HEIGHT=${HEIGHT:-64}
 WIDTH=${WIDTH:-96}
@@ -24,9 +25,7 @@ VALIDATION_PROMPT_TXT=${VALIDATION_PROMPT_TXT:-assets/prompt.txt}
 ID_TOKEN=${ID_TOKEN:-}
 
 # The embedded defaults build themselves on first use, so this runs on a fresh machine.
-if [[ "$MODEL_PATH" == "data/tiny-$MODEL_TYPE" && ! -f "$MODEL_PATH/model_index.json" ]]; then
-  "$PYTHON" -m fastvideo.models.tiny --model_type "$MODEL_TYPE" --output "$MODEL_PATH"
-fi
+ensure_tiny_model "$MODEL_PATH"
 if [[ -z "$DATA_MERGE_PATH" && -z "$DATA_DIR" ]]; then
   DATA_DIR=data/synthetic/mochi
   [[ -d "$DATA_DIR" ]] || "$PYTHON" -m fastvideo.data_preprocess.synthetic --output data/synthetic

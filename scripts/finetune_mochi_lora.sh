@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# LoRA fine-tuning of Mochi: scripts/finetune_mochi.sh with --use_lora (same environment variables,
+# LoRA fine-tuning (Mochi, or MODEL_TYPE=wan): scripts/finetune_mochi.sh with --use_lora (same environment variables,
 # same parallelism: any NUM_GPUS and SP_SIZE). Extra arguments pass through, e.g. --optimizer prodigy.
 #
 #   bash scripts/finetune_mochi_lora.sh                                   # tiny model, CPU
@@ -9,7 +9,7 @@
 # or fold it into the base: python -m fastvideo.training.lora fuse --model_path ... --lora_path ... --output ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export OUTPUT_DIR=${OUTPUT_DIR:-outputs/lora-mochi}
+export OUTPUT_DIR=${OUTPUT_DIR:-outputs/lora-${MODEL_TYPE:-mochi}}
 export LEARNING_RATE=${LEARNING_RATE:-1e-4}
 LORA_RANK=${LORA_RANK:-128}
 LORA_ALPHA=${LORA_ALPHA:-256}

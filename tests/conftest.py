@@ -19,6 +19,13 @@ def tiny_mochi(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_wan(tmp_path_factory) -> Path:
+    from fastvideo.models.tiny import build_tiny
+
+    return build_tiny("wan", tmp_path_factory.mktemp("models") / "tiny-wan", seed=0)
+
+
+@pytest.fixture(scope="session")
 def synthetic(tmp_path_factory):
     from fastvideo.data_preprocess.synthetic import make_synthetic_dataset
 
@@ -40,20 +47,31 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
-def processed(tmp_path_factory, tiny_mochi, synthetic) -> Path:
-    """The synthetic set preprocessed for the tiny model: 13 frames at 32x48 -> latents [12, 3, 4, 6]."""
+def preprocess_synthetic(model_type: str, model: Path, synthetic, out: Path) -> Path:
+    """The synthetic set preprocessed for a tiny model (13 frames at 32x48) with two validation prompts."""
     from fastvideo.data_preprocess.preprocess import main as preprocess_main
 
-    out = tmp_path_factory.mktemp("processed") / "data"
     prompts = out.parent / "prompts.txt"
     prompts.write_text("a red circle moving right\na blue square moving up\n")
     code = preprocess_main(
-        ["--model_path", str(tiny_mochi), "--data_dir", str(synthetic.mochi_dir), "--output_dir", str(out),
-         "--num_frames", "13", "--height", "32", "--width", "48", "--validation_prompt_txt", str(prompts)]
+        ["--model_type", model_type, "--model_path", str(model), "--data_dir", str(synthetic.mochi_dir),
+         "--output_dir", str(out), "--num_frames", "13", "--height", "32", "--width", "48",
+         "--validation_prompt_txt", str(prompts)]
     )  # fmt: skip
     assert code == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def processed(tmp_path_factory, tiny_mochi, synthetic) -> Path:
+    """The synthetic set preprocessed for the tiny model: 13 frames at 32x48 -> latents [12, 3, 4, 6]."""
+    return preprocess_synthetic("mochi", tiny_mochi, synthetic, tmp_path_factory.mktemp("processed") / "data")
+
+
+@pytest.fixture(scope="session")
+def processed_wan(tmp_path_factory, tiny_wan, synthetic) -> Path:
+    """The synthetic set preprocessed for the tiny Wan: 13 frames at 32x48 -> latents [16, 4, 4, 6]."""
+    return preprocess_synthetic("wan", tiny_wan, synthetic, tmp_path_factory.mktemp("processed_wan") / "data")
 
 
 @pytest.fixture(scope="session")

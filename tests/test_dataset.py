@@ -76,8 +76,10 @@ def test_items_have_shapes_and_dtypes(dataset, data_dir):
     assert len(dataset) == NUM_ITEMS
     item = dataset[0]
     assert item["latents"].shape == (C, 3, 4, 6) and item["latents"].dtype == torch.float32
-    assert item["prompt_embeds"].shape == (L, D) and item["prompt_embeds"].dtype == torch.float32
-    assert item["prompt_attention_mask"].shape == (L,) and item["prompt_attention_mask"].dtype == torch.bool
+    cond = item["cond"]
+    assert set(cond) == {"prompt_embeds", "prompt_attention_mask"}
+    assert cond["prompt_embeds"].shape == (L, D) and cond["prompt_embeds"].dtype == torch.float32
+    assert cond["prompt_attention_mask"].shape == (L,) and cond["prompt_attention_mask"].dtype == torch.bool
     assert item["caption"] == "caption 0" and item["index"] == 0
     expected = torch.load(data_dir / "latent" / "item000.pt")
     assert torch.equal(item["latents"], expected)
@@ -93,8 +95,8 @@ def test_index_file_path_is_accepted(data_dir):
 def test_collate_stacks_one_shape(dataset):
     batch = collate([dataset[i] for i in (0, 1, 2)])
     assert batch["latents"].shape == (3, C, 3, 4, 6)
-    assert batch["prompt_embeds"].shape == (3, L, D)
-    assert batch["prompt_attention_mask"].shape == (3, L)
+    assert batch["cond"]["prompt_embeds"].shape == (3, L, D)
+    assert batch["cond"]["prompt_attention_mask"].shape == (3, L)
     assert batch["caption"] == ["caption 0", "caption 1", "caption 2"]
     assert batch["index"].tolist() == [0, 1, 2]
 

@@ -1,18 +1,33 @@
-"""The embedded tiny Mochi model: deterministic, diffusers-loadable, and encoded as MochiPipeline does."""
+"""The embedded tiny models: deterministic, diffusers-loadable, and encoded as their pipelines do.
+
+Mochi against ``MochiPipeline``, Wan 2.1 against ``WanPipeline``; what holds for both is
+parametrised over the families.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import sys
 
 import pytest
 import torch
-from diffusers import MochiPipeline
+from diffusers import MochiPipeline, WanPipeline
 
 from fastvideo.models import get_adapter_class
 from fastvideo.models.mochi import MochiAdapter
-from fastvideo.models.tiny import build_tiny
+from fastvideo.models.tiny import TINY_MARKER, TINY_WAN_DIT, build_tiny
+from fastvideo.models.tiny import main as tiny_main
+from fastvideo.models.wan import WanAdapter
+
+FAMILIES = ("mochi", "wan")
+
+
+@pytest.fixture(params=FAMILIES)
+def tiny_model(request):
+    """(model_type, folder) of each embedded tiny model, built once per session."""
+    return request.param, request.getfixturevalue(f"tiny_{request.param}")
 
 
 def _digest(folder) -> dict[str, str]:
@@ -23,20 +38,24 @@ def _digest(folder) -> dict[str, str]:
     }
 
 
-def test_tiny_build_is_deterministic(tiny_mochi, tmp_path):
-    again = build_tiny("mochi", tmp_path / "again", seed=0)
-    assert _digest(again) == _digest(tiny_mochi)
-    other = build_tiny("mochi", tmp_path / "other", seed=1)
+def test_tiny_build_is_deterministic(tiny_model, tmp_path):
+    model_type, built = tiny_model
+    again = build_tiny(model_type, tmp_path / "again", seed=0)
+    assert _digest(again) == _digest(built)
+    other = build_tiny(model_type, tmp_path / "other", seed=1)
     assert (
         _digest(other)["transformer/diffusion_pytorch_model.safetensors"]
-        != _digest(tiny_mochi)["transformer/diffusion_pytorch_model.safetensors"]
+        != _digest(built)["transformer/diffusion_pytorch_model.safetensors"]
     )
 
 
-def test_tiny_has_diffusers_layout(tiny_mochi):
+def test_tiny_has_diffusers_layout(tiny_model):
+    model_type, built = tiny_model
     for sub in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"):
-        assert (tiny_mochi / sub).is_dir(), sub
-    assert (tiny_mochi / "model_index.json").is_file()
+        assert (built / sub).is_dir(), sub
+    index = json.loads((built / "model_index.json").read_text())
+    assert index["_class_name"] == get_adapter_class(model_type).pipeline_class_name
+    assert json.loads((built / TINY_MARKER).read_text())["model_type"] == model_type
 
 
 def test_diffusers_mochi_pipeline_generates_from_tiny(tiny_mochi):
@@ -60,7 +79,8 @@ def test_prompt_encoding_matches_diffusers(tiny_mochi):
     adapter = MochiAdapter(tiny_mochi)
     adapter.load_text_encoder()
     prompts = ["a red circle moving right", "a blue square moving up quickly"]
-    embeds, mask = adapter.encode_prompts(prompts)
+    cond = adapter.encode_prompts(prompts)
+    embeds, mask = cond["prompt_embeds"], cond["prompt_attention_mask"]
     assert embeds.shape == (2, 256, 32) and mask.shape == (2, 256) and mask.dtype == torch.bool
     for i, prompt in enumerate(prompts):
         ref_embeds, ref_mask, *_ = pipe.encode_prompt(prompt, do_classifier_free_guidance=False)
@@ -83,6 +103,96 @@ def test_video_latents_round_trip_through_pipeline_normalisation(tiny_mochi):
     decoded = adapter.decode_latents(vae, latents)
     assert decoded.shape == video.shape
     torch.testing.assert_close(decoded, vae.decode(raw).sample.clamp(-1, 1))
+
+
+def test_tiny_wan_matches_the_real_layout(tiny_wan):
+    """What Wan2.1-T2V-1.3B-Diffusers holds, in small: UMT5, a 512-token tokenizer, UniPC flow scheduler."""
+    from transformers import AutoTokenizer
+
+    index = json.loads((tiny_wan / "model_index.json").read_text())
+    assert index["text_encoder"] == ["transformers", "UMT5EncoderModel"]
+    assert index["transformer"] == ["diffusers", "WanTransformer3DModel"]
+    assert index["vae"] == ["diffusers", "AutoencoderKLWan"]
+    scheduler = json.loads((tiny_wan / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["_class_name"] == "UniPCMultistepScheduler"
+    assert (scheduler["prediction_type"], scheduler["use_flow_sigmas"], scheduler["flow_shift"]) == (
+        "flow_prediction",
+        True,
+        3.0,
+    )
+    assert WanAdapter(tiny_wan).flow_shift() == 3.0
+    tokenizer = AutoTokenizer.from_pretrained(tiny_wan, subfolder="tokenizer")
+    assert tokenizer.model_max_length == 512
+    ids = tokenizer("a red circle moving right").input_ids
+    assert ids[-1] == tokenizer.eos_token_id == 1 and tokenizer.unk_token_id not in ids
+    config = json.loads((tiny_wan / "transformer" / "config.json").read_text())
+    head_dim = config["attention_head_dim"]
+    assert head_dim - 4 * (head_dim // 6) > 0 and (head_dim - 4 * (head_dim // 6)) % 2 == 0  # RoPE bands
+    vae = json.loads((tiny_wan / "vae" / "config.json").read_text())
+    assert (
+        config["in_channels"]
+        == config["out_channels"]
+        == vae["z_dim"]
+        == WanAdapter(tiny_wan).latent_channels
+    )
+    text = json.loads((tiny_wan / "text_encoder" / "config.json").read_text())
+    assert config["text_dim"] == text["d_model"] == TINY_WAN_DIT["text_dim"]
+
+
+def test_diffusers_wan_pipeline_generates_from_tiny(tiny_wan):
+    """WanPipeline samples from the tiny folder, and decodes its latents as WanAdapter.decode_latents does."""
+    pipe = WanPipeline.from_pretrained(tiny_wan)
+    call = dict(num_frames=9, height=64, width=96, num_inference_steps=2, guidance_scale=5.0)
+    prompt = "a red circle moving right"
+    video = pipe(prompt, generator=torch.Generator().manual_seed(0), output_type="np", **call).frames
+    assert video.shape == (1, 9, 64, 96, 3)
+    assert video.min() >= 0 and video.max() <= 1 and video.std() > 0
+    latents = pipe(prompt, generator=torch.Generator().manual_seed(0), output_type="latent", **call).frames
+    assert latents.shape == (1, 16, 3, 8, 12)
+    # The DiT samples normalised latents: decoded the adapter's way they give the pipeline's video.
+    adapter = WanAdapter(tiny_wan)
+    decoded = adapter.decode_latents(adapter.load_vae(), latents)
+    ours = ((decoded + 1) / 2).clamp(0, 1).permute(0, 2, 3, 4, 1).numpy()
+    assert abs(ours - video).max() < 1e-4
+
+
+def test_wan_prompt_encoding_matches_diffusers(tiny_wan):
+    pipe = WanPipeline.from_pretrained(tiny_wan)
+    adapter = WanAdapter(tiny_wan)
+    adapter.load_text_encoder()
+    prompts = ["a red circle moving right", "a blue square moving up quickly"]
+    embeds = adapter.encode_prompts(prompts)["prompt_embeds"]
+    assert embeds.shape == (2, 512, 32) and embeds.dtype == torch.float32
+    for i, prompt in enumerate(prompts):
+        ref, _ = pipe.encode_prompt(prompt, do_classifier_free_guidance=False, max_sequence_length=512)
+        torch.testing.assert_close(embeds[i : i + 1], ref.detach(), rtol=1e-5, atol=1e-5)
+        length = len(pipe.tokenizer(prompt).input_ids)
+        assert embeds[i, :length].abs().sum(-1).min() > 0 and not embeds[i, length:].any()
+
+
+def test_wan_latents_round_trip_through_pipeline_normalisation(tiny_wan):
+    """encode_video is the inverse of the denormalisation WanPipeline applies before vae.decode."""
+    adapter = WanAdapter(tiny_wan)
+    vae = adapter.load_vae()
+    video = torch.rand(1, 3, 9, 32, 48) * 2 - 1
+    latents = adapter.encode_video(vae, video)
+    assert latents.shape == (1, 16, *adapter.rules.latent_shape(9, 32, 48, 16)[1:]) == (1, 16, 3, 4, 6)
+    raw = vae.encode(video).latent_dist.mode()
+    mean = torch.tensor(vae.config.latents_mean).view(1, 16, 1, 1, 1)
+    inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, 16, 1, 1, 1)
+    # WanPipeline's own lines: latents / (1 / std) + mean.
+    torch.testing.assert_close(latents / inverse_std + mean, raw)
+    decoded = adapter.decode_latents(vae, latents)
+    assert decoded.shape == video.shape
+    torch.testing.assert_close(decoded, vae.decode(raw).sample, rtol=1e-4, atol=1e-4)
+
+
+def test_tiny_cli_output_follows_the_model_type(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert tiny_main(["--model_type", "wan"]) == 0
+    marker = json.loads((tmp_path / "data" / "tiny-wan" / TINY_MARKER).read_text())
+    assert (marker["model_type"], marker["seed"]) == ("wan", 0)
+    assert not (tmp_path / "data" / "tiny-mochi").exists()
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import torch
 
 from fastvideo.data_preprocess.preprocess import main as preprocess_main
 from fastvideo.data_preprocess.synthetic import add_bad_items, make_synthetic_dataset
-from fastvideo.data_preprocess.video import FrameSpec, load_media
+from fastvideo.media.video import FrameSpec, load_media
 from fastvideo.models.mochi import MochiAdapter
 
 FRAMES, HEIGHT, WIDTH = 13, 32, 48
@@ -82,9 +82,14 @@ def test_latents_and_embeddings_equal_the_adapter_on_the_same_frames(tiny_mochi,
         torch.load(out / "latent" / rec["latent_path"]), expected, rtol=1e-5, atol=1e-5
     )
     adapter.load_text_encoder()
-    embed, mask = adapter.encode_prompts([rec["caption"]])
-    torch.testing.assert_close(torch.load(out / "prompt_embed" / rec["prompt_embed_path"]), embed[0])
-    assert torch.equal(torch.load(out / "prompt_attention_mask" / rec["prompt_attention_mask"]), mask[0])
+    cond = adapter.encode_prompts([rec["caption"]])
+    torch.testing.assert_close(
+        torch.load(out / "prompt_embed" / rec["prompt_embed_path"]), cond["prompt_embeds"][0]
+    )
+    assert torch.equal(
+        torch.load(out / "prompt_attention_mask" / rec["prompt_attention_mask"]),
+        cond["prompt_attention_mask"][0],
+    )
 
 
 def test_validation_prompts_are_embedded(tiny_mochi, synthetic, tmp_path):

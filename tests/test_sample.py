@@ -1,4 +1,5 @@
-"""The sampler: equal to diffusers' MochiPipeline (euler and PCM folders), SP=2 equal to SP=1, clear errors."""
+"""The sampler: equal to diffusers' MochiPipeline and WanPipeline (euler; PCM folders), SP=2 equal to SP=1,
+clear errors."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 import imageio.v3 as iio
 import pytest
 import torch
-from diffusers import MochiPipeline
+from diffusers import FlowMatchEulerDiscreteScheduler, MochiPipeline, WanPipeline
 
 from fastvideo.distill.pcm import PCMFlowScheduler
 from fastvideo.sample.sampler import Request, SampleConfig, Sampler
@@ -22,10 +23,19 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def diffusers_latents(folder, steps: int, guidance: float, seed: int) -> torch.Tensor:
-    pipe = MochiPipeline.from_pretrained(folder)
+def diffusers_latents(folder, steps: int, guidance: float, seed: int, family: str = "mochi") -> torch.Tensor:
+    if family == "wan":
+        # Euler on the folder's flow shift: what fastvideo's "euler" samples with (the folder holds UniPC).
+        pipe = WanPipeline.from_pretrained(folder)
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=pipe.scheduler.config.flow_shift)
+    else:
+        pipe = MochiPipeline.from_pretrained(folder)
     return pipe(PROMPT, negative_prompt="", guidance_scale=guidance, num_inference_steps=steps, **SMALL,
                 generator=torch.Generator("cpu").manual_seed(seed), output_type="latent").frames  # fmt: skip
+
+
+# family: (guidance scales to test, latent shape of SMALL)
+FAMILIES = {"mochi": ((1.0, 4.5), (1, 12, 3, 4, 6)), "wan": ((1.0, 5.0), (1, 16, 4, 4, 6))}
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +43,32 @@ def sampler(tiny_mochi):
     return Sampler(SampleConfig(model_path=str(tiny_mochi)))
 
 
-@pytest.mark.parametrize("guidance", [1.0, 4.5], ids=["no-cfg", "cfg"])
-def test_euler_equals_diffusers_mochi_pipeline(sampler, tiny_mochi, guidance):
-    got = sampler.generate(Request(PROMPT, seed=3, num_inference_steps=4, guidance_scale=guidance, **SMALL))
-    expected = diffusers_latents(tiny_mochi, steps=4, guidance=guidance, seed=3)
-    assert got.shape == expected.shape == (1, 12, 3, 4, 6)
+@pytest.fixture(scope="module")
+def samplers(request) -> dict:
+    """One Sampler per family, built on first use."""
+    built = {}
+
+    def get(family: str) -> Sampler:
+        if family not in built:
+            model = request.getfixturevalue(f"tiny_{family}")
+            built[family] = Sampler(SampleConfig(model_type=family, model_path=str(model)))
+        return built[family]
+
+    return get
+
+
+@pytest.mark.parametrize(
+    "family,cfg", [(f, c) for f in FAMILIES for c in ("no-cfg", "cfg")], ids=lambda v: str(v)
+)
+def test_euler_equals_diffusers_pipeline(request, samplers, family, cfg):
+    scales, shape = FAMILIES[family]
+    guidance = scales[cfg == "cfg"]
+    model = request.getfixturevalue(f"tiny_{family}")
+    got = samplers(family).generate(
+        Request(PROMPT, seed=3, num_inference_steps=4, guidance_scale=guidance, **SMALL)
+    )
+    expected = diffusers_latents(model, steps=4, guidance=guidance, seed=3, family=family)
+    assert got.shape == expected.shape == shape
     assert relative_error(got, expected) < 1e-4
 
 
@@ -111,15 +142,18 @@ def test_lora_sampling_equals_diffusers_load_lora_weights(tmp_path, tiny_mochi):
     """--lora_path with the scale from fastvideo_lora.json equals load_lora_weights + set_adapters(alpha/rank)."""
     from diffusers import MochiTransformer3DModel
 
-    from fastvideo.training.lora import DEFAULT_TARGETS, add_lora, lora_weights, save_lora
+    from fastvideo.models import get_adapter_class
+    from fastvideo.training.lora import add_lora, lora_weights, save_lora
 
+    adapter = get_adapter_class("mochi")(tiny_mochi)
     model = MochiTransformer3DModel.from_pretrained(tiny_mochi / "transformer")
-    add_lora(model, rank=4, alpha=8, targets=DEFAULT_TARGETS, base_dtype=torch.float32)
+    add_lora(model, rank=4, alpha=8, targets=adapter.lora_targets, base_dtype=torch.float32)
     g = torch.Generator().manual_seed(0)
     adapters = {
         k: torch.randn(v.shape, generator=g) * 0.2 for k, v in model.state_dict().items() if ".lora_" in k
     }
-    save_lora(tmp_path / "lora", lora_weights(adapters), rank=4, alpha=8, targets=DEFAULT_TARGETS)
+    save_lora(tmp_path / "lora", lora_weights(adapters), rank=4, alpha=8, targets=adapter.lora_targets,
+              adapter=adapter)  # fmt: skip
 
     sampler = Sampler(SampleConfig(model_path=str(tiny_mochi), lora_path=str(tmp_path / "lora")))
     got = sampler.generate(Request(PROMPT, seed=2, num_inference_steps=3, guidance_scale=1.0, **SMALL))

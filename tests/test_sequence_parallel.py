@@ -1,9 +1,13 @@
-"""Ulysses sequence parallelism: collectives' autograd and Mochi SP == single process, on 2 gloo CPU ranks.
+"""Ulysses sequence parallelism: collectives' autograd and SP == single process for every model family
+(Mochi, Wan), on 2 gloo CPU ranks.
 
 One spawn of 2 processes runs every distributed check (`_run_all_checks`) and rank 0 writes the
 numbers to JSON; the test functions below assert on them, so each failure names what broke while the
 processes (and their torch/diffusers imports) start only once. Every rank also builds the plain
 single-process model from the same seed and computes the reference output, loss and gradients itself.
+
+The model-level checks run once per entry of ``FAMILIES`` (a tiny builder, dummy inputs and the SP
+entry point per family); a new family needs one entry there, not new tests.
 """
 
 from __future__ import annotations
@@ -12,19 +16,34 @@ import copy
 import json
 import socket
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
 
-from fastvideo.models.tiny import TINY_MOCHI_DIT
+from fastvideo.models.tiny import TINY_MOCHI_DIT, TINY_WAN_DIT
 
 WORLD = 2
 TOL = 1e-5
 EPS32 = torch.finfo(torch.float32).eps
-# (T, H, W) latent shapes -> tokens T * H/2 * W/2: 32 (even), 27 (odd: needs padding), 12 (odd T).
+# (T, H, W) latent shapes -> tokens T * H/2 * W/2 (both families patch 2x2 in space, 1 in time):
+# 32 (even), 27 (odd: needs padding), 12 (odd T).
 SHAPES = {"even": (2, 8, 8), "odd_tokens": (3, 6, 6), "odd_frames": (3, 4, 4)}
 CHECKPOINT_VARIANTS = ("wrap_after_enable", "wrap_before_enable", "diffusers_gradient_checkpointing")
+
+# A tiny Wan DiT for these checks: 2 blocks of 4 heads x 16 (RoPE splits 16 channels into t/h/w =
+# 8/4/4), smaller than the embedded tiny model so the 2-process job stays quick.
+TEST_WAN_DIT = {
+    **TINY_WAN_DIT, "num_attention_heads": 4, "in_channels": 4, "out_channels": 4, "freq_dim": 32, "ffn_dim": 64,
+    "num_layers": 2, "rope_max_seq_len": 32,
+}  # fmt: skip
+# Image-to-video: CLIP image tokens (257 in Wan 2.1 I2V) go through their own K/V projections, and
+# the text must be 512 tokens, the length diffusers hardcodes to find where the image tokens end.
+WAN_I2V = dict(image_dim=24, added_kv_proj_dim=64)
+WAN_IMAGE_TOKENS = 257
+WAN_I2V_TEXT_TOKENS = 512
 
 
 # --- helpers used inside the worker processes -------------------------------------------------------
@@ -41,37 +60,126 @@ def _seeded(seed: int, *shape: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
-def _build_mochi(**overrides):
-    from diffusers import MochiTransformer3DModel
-
-    torch.manual_seed(0)
-    model = MochiTransformer3DModel(**{**TINY_MOCHI_DIT, **overrides}).float()
+def _perturbed(model):
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        # Default init leaves pos_frequencies at 0 (RoPE = identity): perturb everything so RoPE
-        # positions, norms and gates all matter.
+        # Default init leaves e.g. Mochi's pos_frequencies at 0 (RoPE = identity): perturb everything
+        # so RoPE positions, norms and gates all matter.
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * 0.2)
     return model
 
 
-def _inputs(shape: tuple[int, int, int]) -> dict:
+def _build_mochi(**overrides):
+    from diffusers import MochiTransformer3DModel
+
+    torch.manual_seed(0)
+    return _perturbed(MochiTransformer3DModel(**{**TINY_MOCHI_DIT, **overrides}).float())
+
+
+def _build_wan(**overrides):
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    return _perturbed(WanTransformer3DModel(**{**TEST_WAN_DIT, **overrides}))
+
+
+def _mochi_inputs(shape: tuple[int, int, int], config) -> dict:
     t, h, w = shape
     gen = torch.Generator().manual_seed(2)
     mask = torch.zeros(2, 8, dtype=torch.bool)
     mask[0, :5] = True
     mask[1, [0, 2, 3]] = True  # a different count, and not a prefix
     return dict(
-        hidden_states=torch.randn(2, TINY_MOCHI_DIT["in_channels"], t, h, w, generator=gen),
-        encoder_hidden_states=torch.randn(2, 8, TINY_MOCHI_DIT["text_embed_dim"], generator=gen),
+        hidden_states=torch.randn(2, config["in_channels"], t, h, w, generator=gen),
+        encoder_hidden_states=torch.randn(2, 8, config["text_embed_dim"], generator=gen),
         timestep=torch.tensor([250.0, 700.0]),
         encoder_attention_mask=mask,
     )
 
 
+def _wan_inputs(shape: tuple[int, int, int], config) -> dict:
+    t, h, w = shape
+    gen = torch.Generator().manual_seed(2)
+    i2v = config["image_dim"] is not None
+    inputs = dict(
+        hidden_states=torch.randn(2, config["in_channels"], t, h, w, generator=gen),
+        encoder_hidden_states=torch.randn(
+            2, WAN_I2V_TEXT_TOKENS if i2v else 8, config["text_dim"], generator=gen
+        ),
+        timestep=torch.tensor([250.0, 700.0]),
+    )
+    if i2v:
+        inputs["encoder_hidden_states_image"] = torch.randn(
+            2, WAN_IMAGE_TOKENS, config["image_dim"], generator=gen
+        )
+    return inputs
+
+
+def _enable_mochi(model, group, backend: str = "sdpa") -> None:
+    from fastvideo.models.mochi_sp import enable_mochi_sequence_parallel
+
+    enable_mochi_sequence_parallel(model, group, backend)
+
+
+def _enable_wan(model, group, backend: str = "sdpa") -> None:
+    from fastvideo.models.wan_sp import enable_wan_sequence_parallel
+
+    enable_wan_sequence_parallel(model, group, backend)
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the model-level checks need to know about one model family."""
+
+    build: Callable[..., torch.nn.Module]  # (**config overrides) -> seeded, perturbed tiny model
+    inputs: Callable[[tuple[int, int, int], dict], dict]  # (latent T, H, W; model config) -> kwargs
+    enable: Callable[..., None]  # (model, sp group) -> SP enabled
+    config: dict
+    blocks: str  # the ModuleList of transformer blocks (checkpoint-wrapped one by one)
+    block_class: str
+    # Class names of a block's attention processors in a fresh model, and after SP (sdpa) is enabled.
+    diffusers_processors: tuple[str, ...]
+    sp_processors: tuple[str, ...]
+    # Extra SP == single process cases: name -> config overrides (compared on the odd token count).
+    variants: dict[str, dict] = field(default_factory=dict)
+
+
+FAMILIES = {
+    "mochi": Family(
+        build=_build_mochi,
+        inputs=_mochi_inputs,
+        enable=_enable_mochi,
+        config=TINY_MOCHI_DIT,
+        blocks="transformer_blocks",
+        block_class="MochiTransformerBlock",
+        diffusers_processors=("MochiAttnProcessor2_0",),
+        sp_processors=("MochiUlyssesAttnProcessor",),
+    ),
+    "wan": Family(
+        build=_build_wan,
+        inputs=_wan_inputs,
+        enable=_enable_wan,
+        config=TEST_WAN_DIT,
+        blocks="blocks",
+        block_class="WanTransformerBlock",
+        diffusers_processors=("WanAttnProcessor", "WanAttnProcessor"),
+        # Cross-attention keeps diffusers' processor: it is exact per local token without collectives.
+        sp_processors=("WanUlyssesAttnProcessor", "WanAttnProcessor"),
+        variants={"i2v": WAN_I2V},
+    ),
+}
+FAMILY_VARIANTS = [(name, variant) for name, fam in FAMILIES.items() for variant in fam.variants]
+
+
+def _forward(model, inputs) -> torch.Tensor:
+    # Both families' diffusers forward takes keyword inputs and returns (sample,) with return_dict=False.
+    return model(**inputs, return_dict=False)[0]
+
+
 def _forward_backward(model, inputs, target, loss_fn):
     model.zero_grad(set_to_none=True)
-    out = model(**inputs, return_dict=False)[0]
+    out = _forward(model, inputs)
     loss = loss_fn(out, target)
     loss.backward()
     # checkpoint_wrapper inserts a level into parameter names; compare by the plain model's names.
@@ -90,13 +198,13 @@ def _sp_mean(grad: torch.Tensor | None, group) -> torch.Tensor | None:
     return grad / WORLD
 
 
-def _compare(reference, sp_model, shape, group, loss_fn=None, reduce_grads=True) -> dict:
+def _compare(family, reference, sp_model, shape, group, loss_fn=None, reduce_grads=True) -> dict:
     """Reference vs SP: output, loss and per-parameter gradients (after the SP mean)."""
     import torch.distributed as dist
     import torch.nn.functional as F
 
     loss_fn = loss_fn or F.mse_loss
-    inputs = _inputs(shape)
+    inputs = family.inputs(shape, reference.config)
     target = _seeded(3, *inputs["hidden_states"].shape)
     ref_out, ref_loss, ref_grads = _forward_backward(reference, inputs, target, F.mse_loss)
     out, loss, grads = _forward_backward(sp_model, inputs, target, loss_fn)
@@ -196,52 +304,55 @@ def _collective_checks(group, rank: int) -> dict:
     return res
 
 
-def _sp_copy(reference, group, wrap=None):
-    from fastvideo.models.mochi_sp import enable_mochi_sequence_parallel
-
+def _sp_copy(family, reference, group, wrap=None):
     model = copy.deepcopy(reference)
     if wrap == "before":
-        _wrap_blocks(model)
-    enable_mochi_sequence_parallel(model, group)
+        _wrap_blocks(family, model)
+    family.enable(model, group)
     if wrap == "after":
-        _wrap_blocks(model)
+        _wrap_blocks(family, model)
     return model
 
 
-def _wrap_blocks(model) -> None:
+def _wrap_blocks(family, model) -> None:
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
-    for i, block in enumerate(model.transformer_blocks):
-        model.transformer_blocks[i] = checkpoint_wrapper(block)
+    blocks = getattr(model, family.blocks)
+    for i, block in enumerate(blocks):
+        blocks[i] = checkpoint_wrapper(block)
 
 
-def _count_block_calls(model) -> list[int]:
+def _count_block_calls(family, model) -> list[int]:
     """Counts forward calls of the innermost blocks (recomputation calls them a second time)."""
     calls = [0]
     for module in model.modules():
-        if type(module).__name__ == "MochiTransformerBlock":
+        if type(module).__name__ == family.block_class:
             module.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     return calls
 
 
-def _model_checks(group, mesh) -> dict:
-    from diffusers.models.attention_processor import MochiAttnProcessor2_0
+def _processor_names(family, model) -> list[str]:
+    """Class names of the first block's attention processors (Mochi: attn1; Wan: attn1, attn2)."""
+    first = getattr(model, family.blocks)[0]
+    return [type(m.processor).__name__ for m in first.modules() if hasattr(m, "processor")]
 
-    from fastvideo.models.mochi_sp import enable_mochi_sequence_parallel
+
+def _model_checks(family, group, solo_group, mesh) -> dict:
     from fastvideo.parallel.sequence_parallel import sp_local_mse_loss
 
     res = {}
-    reference = _build_mochi()
+    reference = family.build()
     for case, shape in SHAPES.items():
-        res[f"case_{case}"] = _compare(reference, _sp_copy(reference, group), shape, group)
+        res[f"case_{case}"] = _compare(family, reference, _sp_copy(family, reference, group), shape, group)
 
     # EMA / teacher copies are made with deepcopy after SP is enabled.
     res["deepcopy_of_sp_model"] = _compare(
-        reference, copy.deepcopy(_sp_copy(reference, group)), SHAPES["odd_tokens"], group
+        family, reference, copy.deepcopy(_sp_copy(family, reference, group)), SHAPES["odd_tokens"], group
     )
     res["local_loss"] = _compare(
+        family,
         reference,
-        _sp_copy(reference, group),
+        _sp_copy(family, reference, group),
         SHAPES["odd_tokens"],
         group,
         loss_fn=lambda out, tgt: sp_local_mse_loss(out, tgt, group),
@@ -249,45 +360,72 @@ def _model_checks(group, mesh) -> dict:
     # local loss values differ per rank; _compare checks their mean against the full MSE.
     for variant in CHECKPOINT_VARIANTS:
         if variant == "diffusers_gradient_checkpointing":
-            model = _sp_copy(reference, group)
+            model = _sp_copy(family, reference, group)
             model.enable_gradient_checkpointing()
         else:
-            model = _sp_copy(reference, group, wrap="after" if variant == "wrap_after_enable" else "before")
-        calls = _count_block_calls(model)
-        res[f"ckpt_{variant}"] = _compare(reference, model, SHAPES["odd_tokens"], group)
-        # 2 blocks run once in forward and once more when backward recomputes them.
+            wrap = "after" if variant == "wrap_after_enable" else "before"
+            model = _sp_copy(family, reference, group, wrap=wrap)
+        calls = _count_block_calls(family, model)
+        res[f"ckpt_{variant}"] = _compare(family, reference, model, SHAPES["odd_tokens"], group)
+        # Every block runs once in forward and once more when backward recomputes it.
         res[f"ckpt_{variant}"]["block_calls"] = calls[0]
 
-    res["fsdp2"] = _fsdp2_check(reference, mesh)
+    res["fsdp2"] = _fsdp2_check(family, reference, mesh)
+
+    for variant, overrides in family.variants.items():
+        variant_ref = family.build(**overrides)
+        res[f"variant_{variant}"] = _compare(
+            family, variant_ref, _sp_copy(family, variant_ref, group), SHAPES["odd_tokens"], group
+        )
 
     try:
-        enable_mochi_sequence_parallel(_build_mochi(num_attention_heads=3), group)
+        family.enable(family.build(num_attention_heads=3), group)
         res["heads_error"] = None
     except ValueError as err:
         res["heads_error"] = str(err)
 
-    fresh = _build_mochi()
-    res["fresh_model_processor_is_diffusers"] = isinstance(
-        fresh.transformer_blocks[0].attn1.processor, MochiAttnProcessor2_0
-    )
-    sp_model = _sp_copy(reference, group)
-    res["sp_model_processor"] = type(sp_model.transformer_blocks[0].attn1.processor).__name__
+    res["fresh_model_processors"] = _processor_names(family, family.build())
+    sp_model = _sp_copy(family, reference, group)
+    res["sp_model_processors"] = _processor_names(family, sp_model)
+    try:
+        family.enable(sp_model, group)
+        res["double_enable_error"] = None
+    except RuntimeError as err:
+        res["double_enable_error"] = str(err)
+
+    # An SP group of one rank only picks the kernel: no hooks, diffusers' processors for sdpa.
+    solo = copy.deepcopy(reference)
+    family.enable(solo, solo_group)
+    res["solo_processors"] = _processor_names(family, solo)
+    res["solo_hooks"] = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in solo.modules())
     return res
 
 
-def _fsdp2_check(reference, mesh) -> dict:
+def _wan_only_checks(group) -> dict:
+    """Wan 2.2 TI2V's per-token timesteps ([B, N]) are refused under SP instead of failing on shapes."""
+    family = FAMILIES["wan"]
+    model = _sp_copy(family, family.build(), group)
+    t, h, w = SHAPES["even"]
+    inputs = family.inputs((t, h, w), model.config)
+    inputs["timestep"] = torch.full((2, t * (h // 2) * (w // 2)), 500.0)  # one per token
+    try:
+        _forward(model, inputs)
+        return {"per_token_timestep_error": None}
+    except NotImplementedError as err:
+        return {"per_token_timestep_error": str(err)}
+
+
+def _fsdp2_check(family, reference, mesh) -> dict:
     """fully_shard per block + root over the SP ranks: FSDP's default gradient mean is the SP mean."""
     from torch.distributed.fsdp import fully_shard
 
-    from fastvideo.models.mochi_sp import enable_mochi_sequence_parallel
-
     model = copy.deepcopy(reference)
-    enable_mochi_sequence_parallel(model, mesh)
-    _wrap_blocks(model)
-    for block in model.transformer_blocks:
+    family.enable(model, mesh)
+    _wrap_blocks(family, model)
+    for block in getattr(model, family.blocks):
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
-    return _compare(reference, model, SHAPES["odd_tokens"], mesh.get_group(), reduce_grads=False)
+    return _compare(family, reference, model, SHAPES["odd_tokens"], mesh.get_group(), reduce_grads=False)
 
 
 def _run_all_checks(rank: int) -> dict:
@@ -296,9 +434,15 @@ def _run_all_checks(rank: int) -> dict:
 
     mesh = init_device_mesh("cpu", (WORLD,), mesh_dim_names=("sp",))
     group = dist.new_group(list(range(WORLD)))
+    # Every rank must create every group; each keeps its own single-rank one.
+    solo_group = [dist.new_group([r]) for r in range(WORLD)][rank]
     start = time.perf_counter()
     res = {"collectives": _collective_checks(group, rank)}
-    res.update(_model_checks(group, mesh))
+    for name, family in FAMILIES.items():
+        family_start = time.perf_counter()
+        res[name] = _model_checks(family, group, solo_group, mesh)
+        res[name]["seconds"] = time.perf_counter() - family_start
+    res["wan"].update(_wan_only_checks(group))
     res["worker_seconds"] = time.perf_counter() - start
     return res
 
@@ -389,44 +533,76 @@ def test_local_chunk_and_padded_shard(sp):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(SHAPES))
-def test_mochi_sp_equals_single_process(sp, case):
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_sp_equals_single_process(sp, family, case):
     """Output, loss and SP-mean gradients equal the single-process ones (32, 27 and 12 tokens)."""
-    _assert_matches_single_process(sp[f"case_{case}"])
+    _assert_matches_single_process(sp[family][f"case_{case}"])
 
 
 @pytest.mark.slow
-def test_deepcopy_of_sp_model_still_matches(sp):
-    _assert_matches_single_process(sp["deepcopy_of_sp_model"])
+@pytest.mark.parametrize(("family", "variant"), FAMILY_VARIANTS)
+def test_model_variant_sp_equals_single_process(sp, family, variant):
+    """Other configs of a family (Wan image-to-video: 257 image + 512 text tokens in cross-attention)."""
+    _assert_matches_single_process(sp[family][f"variant_{variant}"])
 
 
 @pytest.mark.slow
-def test_local_loss_helper_gives_exact_gradients(sp):
-    _assert_matches_single_process(sp["local_loss"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_deepcopy_of_sp_model_still_matches(sp, family):
+    _assert_matches_single_process(sp[family]["deepcopy_of_sp_model"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_local_loss_helper_gives_exact_gradients(sp, family):
+    _assert_matches_single_process(sp[family]["local_loss"])
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", CHECKPOINT_VARIANTS)
-def test_activation_checkpointing(sp, variant):
-    res = sp[f"ckpt_{variant}"]
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_activation_checkpointing(sp, family, variant):
+    res = sp[family][f"ckpt_{variant}"]
     _assert_matches_single_process(res)
-    assert res["block_calls"] == 2 * TINY_MOCHI_DIT["num_layers"], "blocks were not recomputed"
+    assert res["block_calls"] == 2 * FAMILIES[family].config["num_layers"], "blocks were not recomputed"
 
 
 @pytest.mark.slow
-def test_fsdp2_default_gradient_mean_is_exact(sp):
-    _assert_matches_single_process(sp["fsdp2"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_fsdp2_default_gradient_mean_is_exact(sp, family):
+    _assert_matches_single_process(sp[family]["fsdp2"])
 
 
 @pytest.mark.slow
-def test_heads_not_divisible_is_refused(sp):
-    msg = sp["heads_error"]
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_heads_not_divisible_is_refused(sp, family):
+    msg = sp[family]["heads_error"]
     assert msg is not None and "3 attention heads" in msg and "[1, 3]" in msg
 
 
 @pytest.mark.slow
-def test_enabling_changes_only_that_instance(sp):
-    assert sp["fresh_model_processor_is_diffusers"]
-    assert sp["sp_model_processor"] == "MochiUlyssesAttnProcessor"
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_enabling_changes_only_that_instance(sp, family):
+    assert sp[family]["fresh_model_processors"] == list(FAMILIES[family].diffusers_processors)
+    assert sp[family]["sp_model_processors"] == list(FAMILIES[family].sp_processors)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_enabling_twice_is_refused(sp, family):
+    assert "already enabled" in (sp[family]["double_enable_error"] or "")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_sp_size_one_only_sets_the_kernel(sp, family):
+    assert sp[family]["solo_processors"] == list(FAMILIES[family].diffusers_processors)
+    assert sp[family]["solo_hooks"] == 0
+
+
+@pytest.mark.slow
+def test_wan_per_token_timesteps_are_refused(sp):
+    assert "per-token timesteps" in (sp["wan"]["per_token_timestep_error"] or "")
 
 
 def test_padding_helpers():
@@ -444,6 +620,54 @@ def test_padding_helpers():
 
 
 def test_valid_sp_sizes():
-    from fastvideo.models.mochi_sp import valid_sp_sizes
+    from fastvideo.parallel.sequence_parallel import valid_sp_sizes
 
     assert valid_sp_sizes(24) == [1, 2, 3, 4, 6, 8, 12, 24]
+
+
+def _install_groupless_wan_processors(model, backend: str) -> None:
+    from fastvideo.models.wan_sp import WanCrossAttnProcessor, WanUlyssesAttnProcessor
+
+    self_attn, cross_attn = WanUlyssesAttnProcessor(None, backend), WanCrossAttnProcessor(backend)
+    for block in model.blocks:
+        block.attn1.processor, block.attn2.processor = self_attn, cross_attn
+
+
+@pytest.mark.parametrize("config", ["t2v", "i2v", "fused_projections"])
+def test_wan_processors_without_sp_equal_diffusers(config):
+    """fastvideo's Wan processors (what --attention_backend flash installs) on the sdpa kernel == diffusers."""
+    overrides = WAN_I2V if config == "i2v" else {}
+    reference = _build_wan(**overrides)
+    model = copy.deepcopy(reference)
+    _install_groupless_wan_processors(model, "sdpa")
+    if config == "fused_projections":
+        reference.fuse_qkv_projections()
+        model.fuse_qkv_projections()
+    inputs = _wan_inputs(SHAPES["odd_tokens"], reference.config)
+    target = _seeded(3, *inputs["hidden_states"].shape)
+    ref_out, _, ref_grads = _forward_backward(reference, inputs, target, torch.nn.functional.mse_loss)
+    out, _, grads = _forward_backward(model, inputs, target, torch.nn.functional.mse_loss)
+    assert _rel(out, ref_out) < TOL
+    assert all(_rel(grads[n], g) < TOL for n, g in ref_grads.items() if g is not None)
+    assert [n for n, g in ref_grads.items() if (g is None) != (grads[n] is None)] == []
+
+
+def test_configure_wan_attention_picks_processors_per_kernel():
+    from fastvideo.models.wan_sp import configure_wan_attention
+
+    model = _build_wan()
+    diffusers_processors = [m.processor for m in model.modules() if hasattr(m, "processor")]
+    configure_wan_attention(model, "sdpa")
+    assert [m.processor for m in model.modules() if hasattr(m, "processor")] == diffusers_processors
+
+    configure_wan_attention(model, "flash")  # installing needs no GPU; running it would
+    block = model.blocks[1]
+    assert type(block.attn1.processor).__name__ == "WanUlyssesAttnProcessor"
+    assert type(block.attn2.processor).__name__ == "WanCrossAttnProcessor"
+    assert block.attn1.processor.backend == block.attn2.processor.backend == "flash"
+    assert block.attn1.processor.group is None
+    # EMA / teacher copies share the (stateless) processors.
+    copied = copy.deepcopy(model)
+    assert copied.blocks[1].attn2.processor is block.attn2.processor
+    with pytest.raises(ValueError, match="resolve 'auto' first"):
+        configure_wan_attention(model, "auto")

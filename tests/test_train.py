@@ -152,7 +152,7 @@ def test_compile_blocks_compiles_checkpointed_blocks():
     import torch._dynamo.utils
 
     from fastvideo.models.tiny import TINY_MOCHI_DIT
-    from fastvideo.parallel.checkpointing import resolve_policy
+    from fastvideo.parallel.activation_checkpointing import resolve_policy
     from fastvideo.training.trainer import compile_blocks
 
     torch._dynamo.reset()

@@ -1,4 +1,4 @@
-"""Tests for fastvideo.data_preprocess.video on small real media files made with ffmpeg / PIL.
+"""Tests for fastvideo.media.video on small real media files made with ffmpeg / PIL.
 
 Frame-selection tests encode each frame's index as a 10-bit barcode (black/white vertical bars) so
 the decoded output says exactly which source frame landed where. The HDR tests build PQ and HLG
@@ -19,8 +19,8 @@ import torch
 from av.video.reformatter import ColorRange, Colorspace
 from PIL import Image
 
-from fastvideo.data_preprocess import video as V
-from fastvideo.data_preprocess.video import (
+from fastvideo.media import video as V
+from fastvideo.media.video import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
     Clip,

@@ -43,10 +43,11 @@ from pathlib import Path
 import torch
 from diffusers import MochiTransformer3DModel
 
-from fastvideo.distill.pcm import PCMFlowScheduler
+from fastvideo.dataset.layout import INDEX_FILE, LATENTS, condition_fields, item_file, record_for
 from fastvideo.models.mochi import MochiAdapter
 from fastvideo.parallel.process_group import distributed
 from fastvideo.sample.denoise import euler_denoise
+from fastvideo.schedulers import PCMFlowScheduler
 from fastvideo.training.config import TrainConfig
 from fastvideo.training.trainer import Trainer
 
@@ -96,18 +97,21 @@ def write_model_folder(root: Path, config: dict) -> Path:
 def write_dataset(root: Path, shape: tuple[int, ...], text: tuple[int, int], items: int = 2) -> Path:
     """A preprocessed folder of random latents [C, T, h, w] and embeddings [L, D] (all tokens valid)."""
     g = torch.Generator().manual_seed(0)
+    fields = [LATENTS, *condition_fields(MochiAdapter.condition_keys)]
     records = []
-    for folder in ("latent", "prompt_embed", "prompt_attention_mask"):
-        (root / folder).mkdir(parents=True)
     for i in range(items):
-        name = f"item{i}.pt"
-        torch.save(torch.randn(shape, generator=g), root / "latent" / name)
-        torch.save(torch.randn(text, generator=g) * 0.2, root / "prompt_embed" / name)
-        torch.save(torch.ones(text[0], dtype=torch.bool), root / "prompt_attention_mask" / name)
-        records.append({"latent_path": name, "prompt_embed_path": name, "prompt_attention_mask": name,
-                        "caption": f"random {i}", "kind": "video", "length": shape[1],
-                        "height": shape[2], "width": shape[3]})  # fmt: skip
-    (root / "videos2caption.json").write_text(json.dumps(records))
+        name = f"item{i}"
+        tensors = {
+            "latents": torch.randn(shape, generator=g),
+            "prompt_embeds": torch.randn(text, generator=g) * 0.2,
+            "prompt_attention_mask": torch.ones(text[0], dtype=torch.bool),
+        }
+        for field in fields:
+            item_file(root, field, name).parent.mkdir(parents=True, exist_ok=True)
+            torch.save(tensors[field.name], item_file(root, field, name))
+        records.append({**record_for(name, fields), "caption": f"random {i}", "kind": "video",
+                        "length": shape[1], "height": shape[2], "width": shape[3]})  # fmt: skip
+    (root / INDEX_FILE).write_text(json.dumps(records))
     return root
 
 
@@ -256,13 +260,12 @@ class Bench:
 
         item = trainer.dataset[0]
         latents = item["latents"][None].to(self.device)
-        embeds = item["prompt_embeds"][None].to(self.device)
-        mask = item["prompt_attention_mask"][None].to(self.device)
+        cond = {k: v[None].to(self.device) for k, v in item["cond"].items()}
         sigmas = torch.full((1,), 0.5, device=self.device)
         counter = FlopCounterMode(display=False)
         with counter, torch.autocast(self.device.type, dtype=trainer.compute_dtype(),
                                      enabled=trainer.compute_dtype() != torch.float32):  # fmt: skip
-            trainer.adapter.predict_velocity(trainer.model, latents, sigmas, embeds, mask)
+            trainer.adapter.predict_velocity(trainer.model, latents, sigmas, cond)
         return float(counter.get_total_flops())
 
     @torch.no_grad()
@@ -278,15 +281,16 @@ class Bench:
         noise = torch.randn((1, *self.latent_shape(frames)), generator=g).to(self.device)
         embeds = (torch.randn((1, *self.text), generator=g) * 0.2).to(self.device, dtype)
         mask = torch.ones(1, self.text[0], dtype=torch.bool, device=self.device)
+        cond = {"prompt_embeds": embeds, "prompt_attention_mask": mask}
         pcm = PCMFlowScheduler()
         pcm.set_timesteps(8)
         runs = {"euler-64-guided": (adapter.default_sigmas(64), 4.5), "pcm-8": (pcm.sigmas, 1.0)}
-        euler_denoise(adapter, model, noise, runs["pcm-8"][0][:2], embeds, mask, model_dtype=dtype)  # warm-up
+        euler_denoise(adapter, model, noise, runs["pcm-8"][0][:2], cond, model_dtype=dtype)  # warm-up
         seconds = {}
         for name, (sigmas, guidance) in [*runs.items(), ("pcm-8 (again)", runs["pcm-8"])]:
             sync(self.device)
             started = time.perf_counter()
-            euler_denoise(adapter, model, noise, sigmas, embeds, mask, guidance=guidance, model_dtype=dtype)
+            euler_denoise(adapter, model, noise, sigmas, cond, guidance=guidance, model_dtype=dtype)
             sync(self.device)
             seconds[name] = round(time.perf_counter() - started, 3)
         fastest_pcm = min(seconds["pcm-8"], seconds["pcm-8 (again)"])

@@ -7,10 +7,12 @@ r"""Turn videos and captions into latents and text embeddings, once, across all 
 (or ``bash scripts/finetune_data_gen.sh``; plain ``python -m ...`` runs as one process).
 
 Two passes so a rank never holds the VAE and the text encoder at once: a VAE pass writing
-``latent/<name>.pt`` ([C, T, h, w]) and a text pass writing ``prompt_embed/<name>.pt`` ([L, D]) and
-``prompt_attention_mask/<name>.pt`` ([L], bool). Each rank takes every world_size-th item. Rank 0
-then writes ``videos2caption.json`` (FastVideo's layout), ``validation/`` embeddings for the
-validation prompts, and ``preprocess_report.json`` listing every skipped item with its reason.
+``latent/<name>.pt`` ([C, T, h, w]) and a text pass writing the family's conditioning record, one
+folder per tensor (Mochi: ``prompt_embed/<name>.pt`` [L, D] and ``prompt_attention_mask/<name>.pt``
+[L] bool; Wan: ``prompt_embed/`` only), plus ``null_condition.pt``, the encoded empty prompt. Each
+rank takes every world_size-th item. Rank 0 then writes ``videos2caption.json`` (FastVideo's
+layout, :mod:`fastvideo.dataset.layout`), ``validation/`` records for the validation prompts, and
+``preprocess_report.json`` listing every skipped item with its reason.
 
 Every file is written atomically, finished items are skipped on a re-run (so a killed run resumes),
 and a re-run with different settings into the same OUTPUT_DIR is refused instead of mixing
@@ -33,16 +35,24 @@ from tqdm import tqdm
 
 from fastvideo.cli import launch, parse_config
 from fastvideo.data_preprocess.sources import Item, collect_items
-from fastvideo.data_preprocess.video import FrameSpec, MediaError, load_media, write_video
+from fastvideo.dataset.layout import (
+    INDEX_FILE,
+    LATENTS,
+    NULL_CONDITION_FILE,
+    VALIDATION_DIR,
+    condition_fields,
+    item_file,
+    record_for,
+)
 from fastvideo.io import atomic_torch_save, atomic_write_json, remove_stale_tmp_files
 from fastvideo.lock import check_free, lock_on_main
+from fastvideo.media.video import FrameSpec, MediaError, load_media, write_video
 from fastvideo.models import MODEL_TYPES, ModelAdapter, get_adapter_class
 from fastvideo.models.base import component_fingerprint
 from fastvideo.parallel.process_group import DistInfo
 
 CONFIG_FILE = "preprocess_config.json"
 REPORT_FILE = "preprocess_report.json"
-INDEX_FILE = "videos2caption.json"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Settings that change what is written: a re-run must match them to reuse finished files.
 OUTPUT_DEFINING = (
@@ -56,7 +66,7 @@ class PreprocessConfig:
     """Everything the preprocessing run needs; parsed from the command line in ``parse_args``."""
 
     output_dir: str
-    """Where latent/, prompt_embed/, prompt_attention_mask/, validation/ and the index go."""
+    """Where latent/, the conditioning folders (prompt_embed/, ...), validation/ and the index go."""
     model_path: str = "data/tiny-mochi"
     """Local diffusers-layout model directory (the embedded tiny model by default)."""
     model_type: str = "mochi"
@@ -165,30 +175,35 @@ class RankResult:
 
 
 class Layout:
-    """Paths inside OUTPUT_DIR (FastVideo's layout)."""
+    """Paths inside OUTPUT_DIR for one family (:mod:`fastvideo.dataset.layout`)."""
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, condition_keys: tuple[str, ...]):
         self.root = Path(root)
-        self.latent = self.root / "latent"
-        self.embed = self.root / "prompt_embed"
-        self.mask = self.root / "prompt_attention_mask"
-        self.validation = self.root / "validation"
+        self.conditions = condition_fields(condition_keys)
+        self.validation = self.root / VALIDATION_DIR
         self.verify = self.root / "verify"
 
+    @property
+    def folders(self) -> list[Path]:
+        """Everything preprocessing writes in folders (what --overwrite clears)."""
+        tensors = [self.root / f.folder for f in (LATENTS, *self.conditions)]
+        return [*tensors, self.validation, self.verify]
+
     def latent_file(self, item: Item) -> Path:
-        return self.latent / f"{item.name}.pt"
+        return item_file(self.root, LATENTS, item.name)
 
-    def embed_file(self, item: Item) -> Path:
-        return self.embed / f"{item.name}.pt"
-
-    def mask_file(self, item: Item) -> Path:
-        return self.mask / f"{item.name}.pt"
+    def condition_files(self, name: str, root: Path | None = None) -> dict[str, Path]:
+        """Where item ``name``'s conditioning tensors go (under ``root``, by default OUTPUT_DIR)."""
+        return {f.name: item_file(root or self.root, f, name) for f in self.conditions}
 
     def has_latent(self, item: Item) -> bool:
         return self.latent_file(item).is_file()
 
     def has_text(self, item: Item) -> bool:
-        return self.embed_file(item).is_file() and self.mask_file(item).is_file()
+        return all(p.is_file() for p in self.condition_files(item.name).values())
+
+    def record(self, item: Item) -> dict:
+        return record_for(item.name, [LATENTS, *self.conditions])
 
 
 def media_signature(item: Item) -> str:
@@ -227,12 +242,12 @@ def reset_output_dir(cfg: PreprocessConfig) -> None:
     """With --overwrite and changed settings, clear the outputs so nothing stale is reused."""
     import shutil
 
-    layout = Layout(cfg.output_dir)
+    layout = Layout(cfg.output_dir, get_adapter_class(cfg.model_type).condition_keys)
     path = layout.root / CONFIG_FILE
     if path.is_file() and json.loads(path.read_text()) != cfg.defining():
-        for folder in (layout.latent, layout.embed, layout.mask, layout.validation, layout.verify):
+        for folder in layout.folders:
             shutil.rmtree(folder, ignore_errors=True)
-        for name in (INDEX_FILE, REPORT_FILE):
+        for name in (INDEX_FILE, REPORT_FILE, NULL_CONDITION_FILE):
             (layout.root / name).unlink(missing_ok=True)
 
 
@@ -240,7 +255,7 @@ def previous_records(layout: Layout) -> dict[str, dict]:
     path = layout.root / INDEX_FILE
     if not path.is_file():
         return {}
-    return {rec["latent_path"][: -len(".pt")]: rec for rec in json.loads(path.read_text())}
+    return {rec[LATENTS.key][: -len(".pt")]: rec for rec in json.loads(path.read_text())}
 
 
 def invalidate_changed(items: list[Item], layout: Layout, previous: dict[str, dict]) -> None:
@@ -252,8 +267,8 @@ def invalidate_changed(items: list[Item], layout: Layout, previous: dict[str, di
         if rec.get("media_signature") != media_signature(item):
             layout.latent_file(item).unlink(missing_ok=True)
         if rec.get("caption") != item.caption:
-            layout.embed_file(item).unlink(missing_ok=True)
-            layout.mask_file(item).unlink(missing_ok=True)
+            for path in layout.condition_files(item.name).values():
+                path.unlink(missing_ok=True)
 
 
 # --- the two passes ------------------------------------------------------------------------------
@@ -289,30 +304,39 @@ def vae_pass(cfg, adapter: ModelAdapter, items: list[Item], layout: Layout, dist
 
 def text_pass(cfg, adapter: ModelAdapter, items: list[Item], layout: Layout, dist_info, prompts: list[str]):
     todo = [it for it in items if layout.has_latent(it) and not layout.has_text(it)]
-    if not todo and not prompts:
+    null_file = layout.root / NULL_CONDITION_FILE
+    write_null = dist_info.is_main and not null_file.is_file()
+    if not todo and not prompts and not write_null:
         return
     adapter.load_text_encoder()
     embed_dtype = DTYPES[cfg.embed_dtype]
     batches = [todo[i : i + cfg.text_batch_size] for i in range(0, len(todo), cfg.text_batch_size)]
     for batch in progress(batches, dist_info, "Text encode", unit="batch"):
-        embeds, masks = adapter.encode_prompts([with_id_token(cfg.id_token, it.caption) for it in batch])
-        for item, embed, mask in zip(batch, embeds, masks, strict=True):
-            atomic_torch_save(embed.to(embed_dtype).contiguous(), layout.embed_file(item))
-            atomic_torch_save(mask.contiguous(), layout.mask_file(item))
+        cond = adapter.encode_prompts([with_id_token(cfg.id_token, it.caption) for it in batch])
+        for j, item in enumerate(batch):
+            for name, path in layout.condition_files(item.name).items():
+                atomic_torch_save(stored(cond[name][j], embed_dtype), path)
     if prompts:
         write_validation(adapter, [with_id_token(cfg.id_token, p) for p in prompts], layout, embed_dtype)
+    if write_null:
+        # The unconditional input of families that train against the encoded empty prompt (Wan).
+        empty = adapter.encode_prompts([""])
+        atomic_torch_save({k: stored(v[0], embed_dtype) for k, v in empty.items()}, null_file)
     adapter.unload_text_encoder()
 
 
+def stored(tensor: torch.Tensor, embed_dtype: torch.dtype) -> torch.Tensor:
+    """A condition tensor as written: floats in --embed_dtype, masks as they are; no view of a batch."""
+    return (tensor.to(embed_dtype) if tensor.is_floating_point() else tensor).contiguous().clone()
+
+
 def write_validation(adapter: ModelAdapter, prompts: list[str], layout: Layout, embed_dtype) -> None:
-    embeds, masks = adapter.encode_prompts(prompts)
+    cond = adapter.encode_prompts(prompts)
     records = []
-    for i, (prompt, embed, mask) in enumerate(zip(prompts, embeds, masks, strict=True)):
-        atomic_torch_save(embed.to(embed_dtype).contiguous(), layout.validation / "prompt_embed" / f"{i}.pt")
-        atomic_torch_save(mask.contiguous(), layout.validation / "prompt_attention_mask" / f"{i}.pt")
-        records.append(
-            {"caption": prompt, "prompt_embed_path": f"{i}.pt", "prompt_attention_mask": f"{i}.pt"}
-        )
+    for i, prompt in enumerate(prompts):
+        for name, path in layout.condition_files(str(i), root=layout.validation).items():
+            atomic_torch_save(stored(cond[name][i], embed_dtype), path)
+        records.append({"caption": prompt, **record_for(str(i), layout.conditions)})
     atomic_write_json(records, layout.validation / INDEX_FILE)
 
 
@@ -340,12 +364,9 @@ def write_index(cfg, adapter_cls, items: list[Item], layout: Layout) -> list[dic
     for item in items:
         if not (layout.has_latent(item) and layout.has_text(item)):
             continue
-        name = f"{item.name}.pt"
         records.append(
             {
-                "latent_path": name,
-                "prompt_embed_path": name,
-                "prompt_attention_mask": name,
+                **layout.record(item),
                 "caption": item.caption,
                 "length": 1 if item.kind == "image" else video_t,
                 "num_frames": 1 if item.kind == "image" else cfg.num_frames,
@@ -424,7 +445,7 @@ def run(cfg: PreprocessConfig, dist_info: DistInfo) -> int:
 
 def preprocess(cfg: PreprocessConfig, dist_info: DistInfo) -> int:
     adapter_cls = get_adapter_class(cfg.model_type)
-    layout = Layout(cfg.output_dir)
+    layout = Layout(cfg.output_dir, adapter_cls.condition_keys)
     items, source_skips = collect_items(
         data_merge_path=cfg.data_merge_path,
         data_dir=cfg.data_dir,

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastvideo.data_preprocess.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from fastvideo.media.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 MEDIA_EXTENSIONS = frozenset(VIDEO_EXTENSIONS + IMAGE_EXTENSIONS)
 TABLE_EXTENSIONS = frozenset({".csv", ".jsonl"})

@@ -7,8 +7,10 @@
     saved = sampler.state_dict()                          # later: sampler.load_state_dict(saved)
 
 The folder is what ``fastvideo.data_preprocess.preprocess`` (``bash scripts/finetune_data_gen.sh``)
-writes: ``latent/<name>.pt`` ([C, T, h, w]), ``prompt_embed/<name>.pt`` ([L, D]),
-``prompt_attention_mask/<name>.pt`` ([L], bool) and the index ``videos2caption.json``.
+writes, in the layout of :mod:`fastvideo.dataset.layout`. An item is ``{"latents": [C, T, h, w],
+"cond": {name: tensor}, "caption", "index"}``: ``cond`` is the family's conditioning record
+(Mochi: ``prompt_embeds`` [L, D] and ``prompt_attention_mask`` [L] bool; Wan: ``prompt_embeds``),
+batched by ``collate`` into ``{name: [B, ...]}`` and handed to the model untouched.
 
 ``ShapeBucketSampler`` guarantees, for one data-parallel rank:
 
@@ -41,13 +43,16 @@ from typing import NamedTuple
 
 import torch
 
-INDEX_FILE = "videos2caption.json"  # the name fastvideo.data_preprocess.preprocess writes
+from fastvideo.dataset.layout import (
+    INDEX_FILE,
+    LATENTS,
+    Field,
+    file_of,
+    load_null_condition,
+    record_fields,
+)
+
 MAKE_DATA = "run `bash scripts/finetune_data_gen.sh` to preprocess your videos into it"
-PATH_KEYS = {
-    "latent_path": "latent",
-    "prompt_embed_path": "prompt_embed",
-    "prompt_attention_mask": "prompt_attention_mask",
-}
 
 
 class BucketKey(NamedTuple):
@@ -84,8 +89,11 @@ def read_index(index: Path) -> list[dict]:
         raise ValueError(
             f"{index} lists no items (see preprocess_report.json beside it for skipped ones); {MAKE_DATA}"
         )
+    # Every item lists latents, a prompt embedding, and whatever else the first item lists.
+    listed = [f.key for f in record_fields(records[0])] if isinstance(records[0], dict) else []
+    expected = list(dict.fromkeys([LATENTS.key, "prompt_embed_path", *listed]))
     for i, rec in enumerate(records):
-        missing = [k for k in PATH_KEYS if not isinstance(rec, dict) or k not in rec]
+        missing = [k for k in expected if not isinstance(rec, dict) or k not in rec]
         if missing:
             raise ValueError(f"{index}: item {i} lacks {missing}; {MAKE_DATA}")
     return records
@@ -112,11 +120,17 @@ class LatentDataset(torch.utils.data.Dataset):
         self.index_path = resolve_index(data_dir)
         self.root = self.index_path.parent
         self.records = read_index(self.index_path)
+        self.fields: list[Field] = record_fields(self.records[0])
         self._check_files()
+        self.null_condition = load_null_condition(self.root)
+        """The encoded empty prompt (unconditional input) when preprocessing stored it, else None."""
+
+    @property
+    def condition_keys(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields if f is not LATENTS)
 
     def _files(self, i: int) -> dict[str, Path]:
-        rec = self.records[i]
-        return {key: self.root / folder / rec[key] for key, folder in PATH_KEYS.items()}
+        return {f.name: file_of(self.root, f, self.records[i]) for f in self.fields}
 
     def _check_files(self) -> None:
         missing = [p for i in range(len(self)) for p in self._files(i).values() if not p.is_file()]
@@ -141,11 +155,11 @@ class LatentDataset(torch.utils.data.Dataset):
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for a dataset of {len(self)} items")
         i = i % len(self)
-        files = self._files(i)
+        tensors = {name: _load(path, self.index_path) for name, path in self._files(i).items()}
+        tensors = {k: v.bool() if v.dtype == torch.bool else v.float() for k, v in tensors.items()}
         return {
-            "latents": _load(files["latent_path"], self.index_path).float(),
-            "prompt_embeds": _load(files["prompt_embed_path"], self.index_path).float(),
-            "prompt_attention_mask": _load(files["prompt_attention_mask"], self.index_path).bool(),
+            "latents": tensors.pop(LATENTS.name),
+            "cond": tensors,
             "caption": self.records[i].get("caption", ""),
             "index": i,
         }
@@ -175,18 +189,21 @@ def collate(items: Sequence[dict]) -> dict:
     """Stack items of one shape into a batch: tensors gain a leading batch dim, captions form a list."""
     if not items:
         raise ValueError("collate got an empty batch")
-    batch = {}
-    for key in ("latents", "prompt_embeds", "prompt_attention_mask"):
-        shapes = sorted({tuple(it[key].shape) for it in items})
-        if len(shapes) > 1:
-            raise ValueError(
-                f"cannot batch {key} of different shapes {shapes}; sample with ShapeBucketSampler so a "
-                "batch holds one shape"
-            )
-        batch[key] = torch.stack([it[key] for it in items])
+    batch = {"latents": _stack("latents", [it["latents"] for it in items])}
+    batch["cond"] = {k: _stack(k, [it["cond"][k] for it in items]) for k in items[0]["cond"]}
     batch["caption"] = [it["caption"] for it in items]
     batch["index"] = torch.tensor([it["index"] for it in items], dtype=torch.long)
     return batch
+
+
+def _stack(key: str, tensors: list[torch.Tensor]) -> torch.Tensor:
+    shapes = sorted({tuple(t.shape) for t in tensors})
+    if len(shapes) > 1:
+        raise ValueError(
+            f"cannot batch {key} of different shapes {shapes}; sample with ShapeBucketSampler so a "
+            "batch holds one shape"
+        )
+    return torch.stack(tensors)
 
 
 # --- the sampler ---------------------------------------------------------------------------------

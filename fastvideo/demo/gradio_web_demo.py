@@ -31,7 +31,7 @@ from pathlib import Path
 import gradio as gr
 
 from fastvideo.cli import parse_config
-from fastvideo.data_preprocess.video import write_video
+from fastvideo.media.video import write_video
 from fastvideo.models.tiny import build_tiny
 from fastvideo.parallel.process_group import DistInfo, distributed
 from fastvideo.sample.sampler import SCHEDULERS, Request, SampleConfig, Sampler, slug

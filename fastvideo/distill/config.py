@@ -66,8 +66,9 @@ class DistillConfig(TrainConfig):
     teacher_model_path: str = ""
     """Diffusers directory of the teacher (default: --model_path, the student's starting point; with
     --use_lora the default teacher is the student's base with its adapters switched off)."""
-    schedule: str = "linear_quadratic"
-    """Base sigma schedule of the solver grid: linear_quadratic (Mochi) or shift (uses --shift)."""
+    schedule: str = "auto"
+    """Base sigma schedule of the solver grid: linear_quadratic, shift (uses --shift), or auto: the family's
+    own (Mochi: linear_quadratic; Wan: shift by the model folder's flow shift)."""
     linear_quadratic_threshold: float = 0.1
     linear_range: float = 0.75
     num_euler_timesteps: int = 50
@@ -85,8 +86,8 @@ class DistillConfig(TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.schedule not in ("linear_quadratic", "shift"):
-            raise ValueError("--schedule must be linear_quadratic or shift")
+        if self.schedule not in ("auto", "linear_quadratic", "shift"):
+            raise ValueError("--schedule must be auto, linear_quadratic or shift")
         if self.num_euler_timesteps < 2 or self.huber_c <= 0:
             raise ValueError("--num_euler_timesteps must be >= 2 and --huber_c > 0")
         parse_phase_schedule(self.multi_phased_distill_schedule)
@@ -108,13 +109,19 @@ class DistillConfig(TrainConfig):
             run["teacher_model_path"] = component_fingerprint(self.teacher_model_path, ("transformer",))
         return run
 
-    def scheduler(self):
-        """The sampling scheduler (``PCMFlowScheduler``) on this run's solver grid."""
-        from fastvideo.distill.pcm import PCMFlowScheduler
+    def scheduler(self, adapter):
+        """The sampling scheduler (``PCMFlowScheduler``) on this run's solver grid, in the family's timestep
+        convention (``adapter.timesteps_reversed``: Mochi's runs backwards) and, with ``--schedule auto``,
+        on the family's schedule (``adapter.pcm_schedule()``)."""
+        from fastvideo.schedulers import PCMFlowScheduler
 
+        family = adapter.pcm_schedule() if self.schedule == "auto" else {}
+        schedule, shift = family.get("schedule", self.schedule), family.get("shift", self.shift)
+        invert_sigmas = adapter.timesteps_reversed
         return PCMFlowScheduler(
-            schedule=self.schedule, shift=self.shift, linear_threshold=self.linear_quadratic_threshold,
+            schedule=schedule, shift=shift, linear_threshold=self.linear_quadratic_threshold,
             linear_range=self.linear_range, num_euler_timesteps=self.num_euler_timesteps,
+            invert_sigmas=invert_sigmas,
         )  # fmt: skip
 
     @property

@@ -6,7 +6,7 @@ come from the same seeded per-sample generator as fine-tuning, so SP ranks agree
 
 1. draw a solver-grid index i; x_i = (1 - s_i) x0 + s_i noise;
 2. the frozen teacher takes one Euler step to s_{i+1}, with classifier-free guidance
-   v_T = v_c + w (v_c - v_u) against the zero embedding (``--distill_cfg`` w;
+   v_T = v_c + w (v_c - v_u) against the family's unconditional input (``--distill_cfg`` w;
    ``--not_apply_cfg_solver`` uses v_c alone);
 3. the target projects x_{i+1} to the end s_e of i's phase with the EMA student (``--use_ema``) or
    the student without gradients: f- = x_{i+1} + (s_e - s_{i+1}) v-;
@@ -30,7 +30,7 @@ import torch
 
 from fastvideo.distill.config import DistillConfig
 from fastvideo.distill.pcm import PCMFlowScheduler, parse_phase_schedule, phases_at, pseudo_huber
-from fastvideo.parallel.fsdp import apply_fsdp
+from fastvideo.parallel.parallelize import parallelize
 from fastvideo.training.export import load_transformer_weights
 from fastvideo.training.flow_matching import add_noise
 from fastvideo.training.trainer import Trainer
@@ -42,7 +42,7 @@ class Distiller(Trainer):
     def setup(self) -> None:
         super().setup()
         cfg = self.cfg
-        self.grid = cfg.scheduler().grid
+        self.grid = self.export_scheduler().grid
         self.phase_schedule = parse_phase_schedule(cfg.multi_phased_distill_schedule)
         # Under LoRA the default teacher is the base itself (adapters off); a named teacher is its own copy.
         self.teacher = self.build_teacher() if not cfg.use_lora or cfg.teacher_model_path else None
@@ -54,12 +54,12 @@ class Distiller(Trainer):
         with torch.device("meta"):
             teacher = self.adapter.transformer_class().from_config(self.adapter.transformer_config())
             teacher = teacher.to(self.compute_dtype()).requires_grad_(False)
-        sp_group = self.dims.sp_mesh.get_group() if self.dims.sp_enabled else None
-        self.adapter.set_attention(teacher, sp_group, self.attention_backend)
-        if self.uses_fsdp():
-            blocks = self.adapter.transformer_blocks(teacher)
-            apply_fsdp(teacher, blocks, mesh=self.dims.fsdp_mesh, reduce_dtype=torch.float32)
+        parallelize(
+            teacher, self.adapter, self.dims,
+            attention_backend=self.attention_backend, fsdp=self.uses_fsdp(), reduce_dtype=torch.float32,
+        )  # fmt: skip
         teacher.to_empty(device=self.dist.device)
+        self.adapter.init_buffers(teacher)
         load_transformer_weights(teacher, path / "transformer", self.dist)
         return teacher.eval()
 
@@ -83,13 +83,12 @@ class Distiller(Trainer):
     def forward_backward_step(self, batch: dict) -> float:
         cfg, device, grid = self.cfg, self.dist.device, self.grid
         latents = batch["latents"].to(device, torch.float32)
-        embeds = batch["prompt_embeds"].to(device, torch.float32)
-        mask = batch["prompt_attention_mask"].to(device)
+        cond = self.condition_on_device(batch["cond"])
         # Per sample, as fine-tuning draws them (so SP ranks agree): noise, grid index, caption dropout.
         generators = self.sample_generators(batch)
         noise = self.draw_noise(latents, generators)
         index = torch.tensor([int(torch.randint(0, grid.num_points, (), generator=g)) for g in generators])
-        self.drop_captions(embeds, mask, generators)
+        self.drop_captions(cond, generators)
         phases = phases_at(self.phase_schedule, self.step)
         end = torch.tensor([grid.phase_end(int(i), phases) for i in index])
         s_i, s_next, s_end = (grid.sigmas[k].to(device) for k in (index, index + 1, end))
@@ -100,17 +99,18 @@ class Distiller(Trainer):
 
         with torch.no_grad(), self.autocast():
             with self.teacher_model() as teacher:
-                v_teacher = self.adapter.predict_velocity(teacher, x_i, s_i, embeds, mask).float()
+                v_teacher = self.adapter.predict_velocity(teacher, x_i, s_i, cond).float()
                 if not cfg.not_apply_cfg_solver:
-                    uncond = (torch.zeros_like(embeds), torch.zeros_like(mask))
-                    v_uncond = self.adapter.predict_velocity(teacher, x_i, s_i, *uncond).float()
+                    v_uncond = self.adapter.predict_velocity(
+                        teacher, x_i, s_i, self.null_condition(cond)
+                    ).float()
                     v_teacher = v_teacher + cfg.distill_cfg * (v_teacher - v_uncond)
             x_next = x_i + view(s_next - s_i) * v_teacher
             with self.target_model() as target:
-                v_minus = self.adapter.predict_velocity(target, x_next, s_next, embeds, mask).float()
+                v_minus = self.adapter.predict_velocity(target, x_next, s_next, cond).float()
             f_target = x_next + view(s_end - s_next) * v_minus
         with self.autocast():
-            v = self.adapter.predict_velocity(self.model, x_i, s_i, embeds, mask)
+            v = self.adapter.predict_velocity(self.model, x_i, s_i, cond)
         f_student = x_i + view(s_end - s_i) * v.float()
         loss = pseudo_huber(f_student, f_target, cfg.huber_c)
         (loss / cfg.gradient_accumulation_steps).backward()
@@ -126,4 +126,4 @@ class Distiller(Trainer):
         ]
 
     def export_scheduler(self) -> PCMFlowScheduler:
-        return self.cfg.scheduler()
+        return self.cfg.scheduler(self.adapter)

@@ -6,10 +6,11 @@ hunyuan, wan or cogvideox is one adapter module plus one line below.
 
 from __future__ import annotations
 
-from fastvideo.models.base import ModelAdapter, VideoRules
+from fastvideo.models.base import Condition, ModelAdapter, SamplingDefaults, VideoRules
 
 _REGISTRY = {
     "mochi": "fastvideo.models.mochi:MochiAdapter",
+    "wan": "fastvideo.models.wan:WanAdapter",
 }
 
 MODEL_TYPES = tuple(_REGISTRY)
@@ -23,4 +24,4 @@ def get_adapter_class(model_type: str) -> type[ModelAdapter]:
     return getattr(module, cls_name)
 
 
-__all__ = ["MODEL_TYPES", "ModelAdapter", "VideoRules", "get_adapter_class"]
+__all__ = ["MODEL_TYPES", "Condition", "ModelAdapter", "SamplingDefaults", "VideoRules", "get_adapter_class"]

@@ -1,19 +1,41 @@
 """The contract every model-family adapter fulfils.
 
 An adapter has one job: it knows a family's diffusers directory layout, how that family encodes
-text and video, and its frame/size rules. It holds no training loop and no distributed setup.
+text and video, its frame/size rules, its timestep convention, its repeated blocks and its
+defaults (LoRA targets, sampling). It holds no training loop and no distributed setup.
 Components are loaded one at a time (``load_vae``, ``load_text_encoder``) so a preprocessing pass
 holds only what it needs: the VAE pass never has the text encoder in memory and vice versa.
+
+The conditioning record
+-----------------------
+What a sample is conditioned on is a plain dict of named tensors (:data:`Condition`), batched along
+dim 0: ``{"prompt_embeds": [B, L, D], "prompt_attention_mask": [B, L]}`` for Mochi,
+``{"prompt_embeds": [B, 512, D]}`` for Wan; a family that needs more (a pooled CLIP embedding,
+image latents) adds names. ``encode_prompts`` makes it, preprocessing stores each tensor
+(``fastvideo.dataset.layout``), the dataset reads it back, and the trainer, distiller and sampler
+hand it to ``predict_velocity`` untouched. ``condition_keys`` lists the names.
+
+The unconditional input (caption dropout, classifier-free guidance) is ``null_condition``: Mochi
+trains and samples against a zero embedding with an empty mask (as FastVideo's Mochi and genmo's
+trainer), Wan against the encoded empty prompt, which preprocessing stores once per dataset.
 """
 
 from __future__ import annotations
 
 import abc
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+Condition = dict[str, torch.Tensor]
+"""Named conditioning tensors of a batch (dim 0) or, in the dataset, of one sample."""
+
+OBJECTIVES = ("flow_velocity",)
+"""Training targets the trainer implements: flow velocity ``v = noise - x0`` (Mochi, Wan,
+HunyuanVideo). DDPM v-prediction (CogVideoX) is the next; an adapter names its own."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +45,7 @@ class VideoRules:
     temporal_factor: int  # VAE temporal compression: frames must be temporal_factor*k + 1
     spatial_factor: int  # VAE spatial compression
     patch_size: int  # DiT spatial patch size (height/width of the latent must divide by it)
+    temporal_patch: int = 1  # DiT temporal patch size (latent frames must divide by it)
 
     @property
     def size_multiple(self) -> int:
@@ -30,15 +53,25 @@ class VideoRules:
 
     def frame_error(self, num_frames: int) -> str | None:
         """A message naming valid frame counts, or None when ``num_frames`` is valid."""
-        k = self.temporal_factor
-        if num_frames >= 1 and (num_frames - 1) % k == 0:
+        valid = self.valid_frames(num_frames + self.frame_step)
+        if num_frames in valid:
             return None
-        below = max(1, ((num_frames - 1) // k) * k + 1)
-        above = below + k if below <= num_frames else below
-        return (
-            f"NUM_FRAMES={num_frames} is not valid: frames must be {k}k+1 (1, {k + 1}, {2 * k + 1}, ...); "
-            f"nearest valid values: {below} or {above}"
-        )
+        below = max([v for v in valid if v < num_frames], default=valid[0])
+        above = min([v for v in valid if v > num_frames], default=below)
+        rule = f"{self.temporal_factor}k+1"
+        if self.temporal_patch > 1:
+            rule += f" with k+1 divisible by {self.temporal_patch} (the DiT's temporal patch)"
+        shown = ", ".join(str(v) for v in valid[:3])
+        return f"NUM_FRAMES={num_frames} is not valid: frames must be {rule} ({shown}, ...); nearest valid values: {below} or {above}"
+
+    @property
+    def frame_step(self) -> int:
+        return self.temporal_factor * self.temporal_patch
+
+    def valid_frames(self, up_to: int) -> list[int]:
+        """Every valid frame count up to ``up_to`` (inclusive), ascending."""
+        first = self.temporal_factor * (self.temporal_patch - 1) + 1
+        return list(range(first, up_to + 1, self.frame_step)) or [first]
 
     def size_error(self, height: int, width: int) -> str | None:
         """A message naming valid sizes, or None when ``height`` x ``width`` is valid."""
@@ -79,6 +112,16 @@ def component_fingerprint(model_path: str | Path, components: tuple[str, ...]) -
     return digest.hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """What a family samples with unless told otherwise (the sampler's and the demo's defaults)."""
+
+    num_inference_steps: int
+    guidance_scale: float
+    negative_prompt: str = ""
+    fps: float = 30.0
+
+
 class ModelAdapter(abc.ABC):
     """Loads one family's diffusers-layout directory and encodes/decodes for it."""
 
@@ -86,44 +129,99 @@ class ModelAdapter(abc.ABC):
     rules: VideoRules
     latent_channels: int
     max_text_tokens: int
+    condition_keys: tuple[str, ...]
+    """The names in this family's conditioning record (what ``encode_prompts`` returns)."""
+    objective: str = "flow_velocity"
+    """What ``predict_velocity``'s output is trained against (one of :data:`OBJECTIVES`)."""
+    timesteps_reversed: bool = False
+    """The DiT sees ``1000 * (1 - sigma)`` and predicts ``-v`` (Mochi) rather than ``1000 * sigma`` and
+    ``v``: the convention of the schedulers saved with the family's pipelines."""
+    block_lists: tuple[str, ...]
+    """Attribute names of the DiT's repeated block lists: FSDP units, activation checkpointing,
+    ``--compile`` and the memory probe take them in this order."""
+    lora_targets: str
+    """Default ``--lora_target_modules``: module names inside the blocks (comma-separated)."""
+    pipeline_class_name: str
+    """The diffusers pipeline of this family: saves and loads LoRA, runs exported folders."""
+    sampling: SamplingDefaults
 
     def __init__(self, model_path: str | Path, *, device: torch.device | str = "cpu", dtype=torch.float32):
         self.model_path = Path(model_path)
         self.device = torch.device(device)
         self.dtype = dtype
 
-    @abc.abstractmethod
-    def load_vae(self) -> torch.nn.Module: ...
+    # --- components --------------------------------------------------------------------------------
+    def pipeline_class(self) -> type:
+        import diffusers
 
-    @abc.abstractmethod
-    def load_text_encoder(self) -> None:
-        """Load the tokenizer and text encoder (kept on the adapter until ``unload_text_encoder``)."""
+        return getattr(diffusers, self.pipeline_class_name)
 
-    @abc.abstractmethod
-    def unload_text_encoder(self) -> None: ...
-
-    @abc.abstractmethod
-    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(prompt_embeds [B, L, D], prompt_attention_mask [B, L] bool)``."""
-
-    @abc.abstractmethod
-    def encode_video(self, vae: torch.nn.Module, video: torch.Tensor) -> torch.Tensor:
-        """Pixels ``[B, 3, F, H, W]`` in [-1, 1] to normalised latents ``[B, C, T, h, w]``."""
-
-    @abc.abstractmethod
     def transformer_config(self) -> dict:
         """The DiT's config (from ``transformer/config.json``), without loading weights."""
+        return json.loads((self.model_path / "transformer" / "config.json").read_text())
+
+    def blocks(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
+        """Every repeated block, list after list: the unit of FSDP sharding and activation checkpointing."""
+        return [block for name in self.block_lists for block in getattr(transformer, name)]
+
+    def num_attention_heads(self, transformer: torch.nn.Module) -> int:
+        return transformer.config.num_attention_heads
 
     @abc.abstractmethod
     def transformer_class(self) -> type[torch.nn.Module]: ...
 
     @abc.abstractmethod
-    def transformer_blocks(self, transformer: torch.nn.Module) -> torch.nn.ModuleList:
-        """The repeated blocks: the unit of FSDP sharding and activation checkpointing."""
+    def load_vae(self) -> torch.nn.Module: ...
 
     @abc.abstractmethod
-    def num_attention_heads(self, transformer: torch.nn.Module) -> int: ...
+    def text_classes(self) -> tuple[type, type]:
+        """The (tokenizer, text encoder) classes of the folder's ``tokenizer/`` and ``text_encoder/``."""
 
+    def load_text_encoder(self) -> None:
+        """Load the tokenizer and text encoder (kept on the adapter until ``unload_text_encoder``), in a
+        pipeline holding only them, so prompts are encoded by the family pipeline's own code."""
+        tokenizer_cls, encoder_cls = self.text_classes()
+        tokenizer = tokenizer_cls.from_pretrained(self.model_path, subfolder="tokenizer")
+        encoder = encoder_cls.from_pretrained(
+            self.model_path, subfolder="text_encoder", torch_dtype=self.dtype
+        )
+        encoder = encoder.to(self.device).eval().requires_grad_(False)
+        self._text_pipe = self.pipeline_class()(
+            tokenizer=tokenizer, text_encoder=encoder, vae=None, scheduler=None, transformer=None
+        )
+
+    def unload_text_encoder(self) -> None:
+        self._text_pipe = None
+
+    def text_pipeline(self):
+        """The pipeline ``load_text_encoder`` made (RuntimeError before it)."""
+        if getattr(self, "_text_pipe", None) is None:
+            raise RuntimeError("call load_text_encoder() before encode_prompts()")
+        return self._text_pipe
+
+    # --- conditioning ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def encode_prompts(self, prompts: list[str]) -> Condition:
+        """The conditioning record of ``prompts``, batched: ``{name: [len(prompts), ...]}``."""
+
+    @abc.abstractmethod
+    def null_condition(self, like: Condition, empty: Condition | None) -> Condition:
+        """The unconditional input for a batch shaped like ``like``.
+
+        ``empty`` is the encoded empty prompt (one sample, no batch dim) when the caller has it
+        (preprocessing stores it); a family that needs it raises ValueError without it.
+        """
+
+    # --- video -------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def encode_video(self, vae: torch.nn.Module, video: torch.Tensor) -> torch.Tensor:
+        """Pixels ``[B, 3, F, H, W]`` in [-1, 1] to normalised latents ``[B, C, T, h, w]``."""
+
+    @abc.abstractmethod
+    def decode_latents(self, vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
+        """Normalised latents ``[B, C, T, h, w]`` to pixels ``[B, 3, F, H, W]`` in [-1, 1]."""
+
+    # --- the DiT -----------------------------------------------------------------------------------
     @abc.abstractmethod
     def set_attention(self, transformer: torch.nn.Module, sp_group=None, backend: str = "sdpa") -> None:
         """Install the family's attention on a plain diffusers DiT: the SP plan (split/gather hooks, Ulysses
@@ -131,12 +229,7 @@ class ModelAdapter(abc.ABC):
 
     @abc.abstractmethod
     def predict_velocity(
-        self,
-        transformer: torch.nn.Module,
-        noisy_latents: torch.Tensor,
-        sigmas: torch.Tensor,
-        prompt_embeds: torch.Tensor,
-        prompt_attention_mask: torch.Tensor,
+        self, transformer: torch.nn.Module, noisy_latents: torch.Tensor, sigmas: torch.Tensor, cond: Condition
     ) -> torch.Tensor:
         """Flow velocity ``v = noise - latents`` at ``x_sigma = (1 - sigma) latents + sigma noise``.
 
@@ -147,6 +240,18 @@ class ModelAdapter(abc.ABC):
     def default_sigmas(self, num_steps: int) -> torch.Tensor:
         """The family's default sampling noise levels: ``[num_steps + 1]`` float32, descending to 0."""
 
-    @abc.abstractmethod
-    def decode_latents(self, vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
-        """Normalised latents ``[B, C, T, h, w]`` to pixels ``[B, 3, F, H, W]`` in [-1, 1]."""
+    def comfyui_module(self, name: str) -> str:
+        """ComfyUI's (the original checkpoint's) name of the DiT module diffusers calls ``name``, for LoRA
+        files ComfyUI loads; ValueError where the family has no mapping."""
+        raise ValueError(f"writing ComfyUI LoRA keys is not supported for {self.family} yet")
+
+    def pcm_schedule(self) -> dict:
+        """The base noise schedule a PCM solver grid is built on for this family (``--schedule auto``):
+        ``{"schedule": "linear_quadratic" | "shift", "shift": float}``."""
+        return {"schedule": "shift", "shift": 1.0}
+
+    def init_buffers(self, transformer: torch.nn.Module) -> None:
+        """Recompute non-persistent buffers after a meta-device build (``to_empty`` leaves them garbage).
+
+        Nothing to do by default: Mochi's DiT keeps no such buffers."""
+        return None

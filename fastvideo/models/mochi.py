@@ -9,15 +9,14 @@ so precomputed latents live in the same space the transformer samples in.
 
 from __future__ import annotations
 
-import json
 import warnings
 
 import torch
-from diffusers import AutoencoderKLMochi, MochiPipeline, MochiTransformer3DModel
+from diffusers import AutoencoderKLMochi, MochiTransformer3DModel
 from diffusers.pipelines.mochi.pipeline_mochi import linear_quadratic_schedule
 from transformers import T5EncoderModel, T5TokenizerFast
 
-from fastvideo.models.base import ModelAdapter, VideoRules
+from fastvideo.models.base import Condition, ModelAdapter, SamplingDefaults, VideoRules
 
 # diffusers' Mochi RoPE opens a float32 autocast region, which CPU autocast declines with a warning
 # on every forward; the computation is fp32 either way.
@@ -29,11 +28,17 @@ class MochiAdapter(ModelAdapter):
     rules = VideoRules(temporal_factor=6, spatial_factor=8, patch_size=2)
     latent_channels = 12
     max_text_tokens = 256
+    condition_keys = ("prompt_embeds", "prompt_attention_mask")
+    timesteps_reversed = True
+    block_lists = ("transformer_blocks",)
+    # Video and text streams of the joint attention (FastVideo's and genmo's LoRA targets).
+    lora_targets = "to_q,to_k,to_v,to_out.0,add_q_proj,add_k_proj,add_v_proj,to_add_out"
+    pipeline_class_name = "MochiPipeline"
+    sampling = SamplingDefaults(num_inference_steps=64, guidance_scale=4.5, fps=30.0)
 
     def __init__(self, model_path, *, device="cpu", dtype=torch.float32, vae_tiling: bool = True):
         super().__init__(model_path, device=device, dtype=dtype)
         self.vae_tiling = vae_tiling
-        self._text_pipe: MochiPipeline | None = None
 
     # --- VAE -------------------------------------------------------------------------------------
     def load_vae(self) -> AutoencoderKLMochi:
@@ -67,17 +72,8 @@ class MochiAdapter(ModelAdapter):
         return vae.decode(latents.to(vae.dtype), return_dict=False)[0].float().clamp(-1, 1)
 
     # --- transformer -----------------------------------------------------------------------------
-    def transformer_config(self) -> dict:
-        return json.loads((self.model_path / "transformer" / "config.json").read_text())
-
     def transformer_class(self) -> type[MochiTransformer3DModel]:
         return MochiTransformer3DModel
-
-    def transformer_blocks(self, transformer) -> torch.nn.ModuleList:
-        return transformer.transformer_blocks
-
-    def num_attention_heads(self, transformer) -> int:
-        return transformer.config.num_attention_heads
 
     def set_attention(self, transformer, sp_group=None, backend: str = "sdpa") -> None:
         from fastvideo.models.mochi_sp import configure_mochi_attention, enable_mochi_sequence_parallel
@@ -87,15 +83,15 @@ class MochiAdapter(ModelAdapter):
         else:
             enable_mochi_sequence_parallel(transformer, sp_group, backend)
 
-    def predict_velocity(self, transformer, noisy_latents, sigmas, prompt_embeds, prompt_attention_mask):
+    def predict_velocity(self, transformer, noisy_latents, sigmas, cond: Condition):
         # Mochi runs time backwards: the DiT sees 1000 * (1 - sigma) and predicts -v
         # (what diffusers' MochiPipeline + FlowMatchEulerDiscreteScheduler(invert_sigmas=True) expect).
         timestep = (1.0 - sigmas) * 1000.0
         out = transformer(
             hidden_states=noisy_latents,
-            encoder_hidden_states=prompt_embeds,
+            encoder_hidden_states=cond["prompt_embeds"],
             timestep=timestep,
-            encoder_attention_mask=prompt_attention_mask,
+            encoder_attention_mask=cond["prompt_attention_mask"],
             return_dict=False,
         )[0]
         return -out
@@ -104,26 +100,24 @@ class MochiAdapter(ModelAdapter):
         # MochiPipeline's schedule (from genmo's reference sampler), then the final 0.
         return torch.tensor([*linear_quadratic_schedule(num_steps, 0.025), 0.0], dtype=torch.float32)
 
-    # --- text ------------------------------------------------------------------------------------
-    def load_text_encoder(self) -> None:
-        tokenizer = T5TokenizerFast.from_pretrained(self.model_path, subfolder="tokenizer")
-        text_encoder = T5EncoderModel.from_pretrained(
-            self.model_path, subfolder="text_encoder", torch_dtype=self.dtype
-        )
-        text_encoder = text_encoder.to(self.device).eval().requires_grad_(False)
-        # A pipeline holding only the text components, so prompts are encoded by diffusers' own code.
-        self._text_pipe = MochiPipeline(
-            scheduler=None, vae=None, text_encoder=text_encoder, tokenizer=tokenizer, transformer=None
-        )
+    def pcm_schedule(self) -> dict:
+        return {"schedule": "linear_quadratic"}  # Mochi's own sampling schedule
 
-    def unload_text_encoder(self) -> None:
-        self._text_pipe = None
+    # --- text ------------------------------------------------------------------------------------
+    def text_classes(self) -> tuple[type, type]:
+        return T5TokenizerFast, T5EncoderModel
 
     @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._text_pipe is None:
-            raise RuntimeError("call load_text_encoder() before encode_prompts()")
-        embeds, mask = self._text_pipe._get_t5_prompt_embeds(
+    def encode_prompts(self, prompts: list[str]) -> Condition:
+        embeds, mask = self.text_pipeline()._get_t5_prompt_embeds(
             prompt=prompts, max_sequence_length=self.max_text_tokens, device=self.device, dtype=torch.float32
         )
-        return embeds, mask
+        return {"prompt_embeds": embeds, "prompt_attention_mask": mask}
+
+    def null_condition(self, like: Condition, empty: Condition | None = None) -> Condition:
+        # A zero embedding with an empty mask, whatever the empty prompt encodes to: what FastVideo's
+        # Mochi and genmo's trainer drop captions to.
+        return {
+            "prompt_embeds": torch.zeros_like(like["prompt_embeds"]),
+            "prompt_attention_mask": torch.zeros_like(like["prompt_attention_mask"]),
+        }

@@ -3,7 +3,7 @@ without touching diffusers' code.
 
     from fastvideo.models.mochi_sp import configure_mochi_attention, enable_mochi_sequence_parallel
     enable_mochi_sequence_parallel(transformer, dims.sp_mesh, backend="sdpa")   # or a ProcessGroup
-    configure_mochi_attention(transformer, None, backend="flash")               # no SP: flash-attn only
+    configure_mochi_attention(transformer, backend="flash")                     # no SP: flash-attn only
     out = transformer(latents, prompt_embeds, timestep, prompt_mask, return_dict=False)[0]
 
 Every rank of the SP group must pass the same full inputs; every rank gets the same full output
@@ -31,8 +31,6 @@ kernel (``fastvideo.models.attention``); with the sdpa kernel and no SP, diffuse
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 from diffusers import MochiTransformer3DModel
@@ -41,34 +39,20 @@ from diffusers.models.attention_processor import MochiAttention
 from fastvideo.models.attention import attend
 from fastvideo.parallel.sequence_parallel import (
     GatherOutput,
-    SeqShard,
+    ShardedRope,
     SPGroup,
     SplitInput,
     SplitOutput,
     SPPlan,
+    UlyssesProcessor,
     all_gather_along,
-    apply_sp_plan,
-    as_process_group,
+    enable_ulysses,
     group_size,
     heads_to_seq,
     pad_to_multiple,
     seq_to_heads,
     trim,
 )
-
-
-class ShardedRope(NamedTuple):
-    """This rank's rows of Mochi's RoPE tables plus where they sit in the (padded) global sequence."""
-
-    cos: torch.Tensor
-    sin: torch.Tensor
-    shard: SeqShard
-
-    @classmethod
-    def from_split(cls, local: tuple[torch.Tensor, torch.Tensor], shard: SeqShard) -> ShardedRope:
-        cos, sin = local
-        return cls(cos, sin, shard)
-
 
 MOCHI_SP_PLAN = SPPlan(
     split_outputs=(SplitOutput("rope", dim=0, wrap=ShardedRope.from_split),),
@@ -138,7 +122,7 @@ def _attend_per_sample(
     return torch.cat(video_outs), torch.cat(text_outs)
 
 
-class MochiUlyssesAttnProcessor:
+class MochiUlyssesAttnProcessor(UlyssesProcessor):
     """fastvideo's replacement for ``MochiAttnProcessor2_0``: Ulysses SP (with a group) on any kernel.
 
     With an SP group it needs the plan's :class:`ShardedRope`. Local video Q/K/V [B, N/P, H, D] ->
@@ -148,15 +132,6 @@ class MochiUlyssesAttnProcessor:
     stays identical on every rank. Without a group (``sp_group=None``) it is Mochi's attention on
     the ``backend`` kernel.
     """
-
-    def __init__(self, sp_group: SPGroup | None, backend: str = "sdpa") -> None:
-        self.group = as_process_group(sp_group) if sp_group is not None else None
-        self.backend = backend
-
-    def __deepcopy__(self, memo: dict) -> MochiUlyssesAttnProcessor:
-        # Stateless, and a ProcessGroup cannot be copied: copies of the model (EMA, a distillation
-        # teacher) share this processor and run SP over the same group.
-        return self
 
     def __call__(
         self,
@@ -203,11 +178,6 @@ class MochiUlyssesAttnProcessor:
         return hidden_states, text_out
 
 
-def valid_sp_sizes(num_heads: int) -> list[int]:
-    """SP sizes that split ``num_heads`` attention heads evenly."""
-    return [d for d in range(1, num_heads + 1) if num_heads % d == 0]
-
-
 def enable_mochi_sequence_parallel(
     transformer: MochiTransformer3DModel, sp_group: SPGroup, backend: str = "sdpa"
 ) -> None:
@@ -218,22 +188,13 @@ def enable_mochi_sequence_parallel(
     (``configure_mochi_attention``). Raises ValueError when the head count is not divisible by the
     SP size.
     """
-    world = group_size(sp_group)
-    heads = transformer.config.num_attention_heads
-    if heads % world:
-        raise ValueError(
-            f"Mochi has {heads} attention heads, not divisible by the SP size {world}; "
-            f"valid SP sizes for this model: {valid_sp_sizes(heads)}"
-        )
-    if world == 1:
+    if group_size(sp_group) == 1:
         configure_mochi_attention(transformer, backend)
         return
-    if getattr(transformer, "_fastvideo_sp_enabled", False):
-        raise RuntimeError("sequence parallelism is already enabled on this transformer")
-    _set_processor(transformer, MochiUlyssesAttnProcessor(sp_group, backend))
-    apply_sp_plan(transformer, MOCHI_SP_PLAN, sp_group)
-    # A plain flag (not a tensor or module), so state_dict and FSDP never see it.
-    transformer._fastvideo_sp_enabled = True
+    processor = MochiUlyssesAttnProcessor(sp_group, backend)
+    enable_ulysses(
+        transformer, sp_group, MOCHI_SP_PLAN, "Mochi", lambda: _set_processor(transformer, processor)
+    )
 
 
 def configure_mochi_attention(transformer: MochiTransformer3DModel, backend: str) -> None:

@@ -1,11 +1,13 @@
 """Build the embedded tiny default: a small model in the exact diffusers layout of the real one.
 
     python -m fastvideo.models.tiny --model_type mochi --output data/tiny-mochi
+    python -m fastvideo.models.tiny --model_type wan      # --output defaults to data/tiny-<model_type>
 
 writes ``model_index.json`` plus ``transformer/``, ``vae/``, ``text_encoder/``, ``tokenizer/`` and
 ``scheduler/``, deterministically from ``--seed`` and without any network access. The same
-loading code then serves this directory and ``genmo/mochi-1-preview``; every script defaults to it
-so the whole pipeline runs on a CPU laptop.
+loading code then serves this directory and ``genmo/mochi-1-preview`` (or, for ``wan``,
+``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``); every script defaults to it so the whole pipeline runs on a
+CPU laptop.
 
 The VAE is trained: its weights ship in ``assets/tiny-mochi-vae/`` (made by
 ``scripts/train_tiny_vae.py`` on the synthetic clips of ``fastvideo.data_preprocess.synthetic``), so
@@ -15,6 +17,12 @@ positions and motion right, corners of squares and triangles rounded; tests/test
 to about zero mean and unit variance per channel. The DiT and the T5 encoder are random (seeded), so
 samples of the untrained DiT are still noise, decoded by a working VAE. A folder built before (a
 random VAE, or other VAE weights) is rebuilt: the marker records ``TINY_FORMAT`` and the VAE's hash.
+
+The tiny Wan 2.1 model is built the same way: a 4-block ``WanTransformer3DModel`` (8 heads x 16),
+a 2-layer UMT5 encoder with the same tokenizer (512 tokens, as ``WanPipeline`` encodes), Wan 2.1's
+UniPC flow scheduler (flow shift 3, as in the 1.3B folder) and the trained ``AutoencoderKLWan`` of
+``assets/tiny-wan-vae/`` (``scripts/train_tiny_vae.py --model_type wan``; the real 4x temporal and
+8x spatial compression, 16 latent channels).
 """
 
 from __future__ import annotations
@@ -72,13 +80,53 @@ TINY_MOCHI_VAE = dict(
     layers_per_block=(1, 1, 1, 1, 1),
     add_attention_block=(False, False, False, False, False),
 )
+
+# The one tiny Wan 2.1 DiT config, the counterpart of TINY_MOCHI_DIT (4 blocks of 8 heads x 16,
+# 0.96M parameters). A head of 16 splits into Wan's RoPE bands as 8 (time) + 4 + 4 (height, width);
+# text_dim is the tiny UMT5's d_model and in/out channels the tiny Wan VAE's z_dim.
+TINY_WAN_DIT = dict(
+    patch_size=(1, 2, 2),
+    num_attention_heads=8,
+    attention_head_dim=16,
+    in_channels=16,
+    out_channels=16,
+    text_dim=32,
+    freq_dim=64,
+    ffn_dim=256,
+    num_layers=4,
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    rope_max_seq_len=1024,
+)
+
+# The one tiny Wan 2.1 VAE architecture (AutoencoderKLWan, 0.67M parameters): the real levels,
+# strides and 16 latent channels (4x temporal, 8x spatial compression, 4k+1 frames) at 1/12 of the
+# real width: 8 channels at full resolution, 16 and 32 below. Wan's VAE has causal 3x3x3 convs at full
+# resolution in both encoder and decoder, so their width sets the CPU cost of training it. Like
+# Mochi's, it trains from a start that already passes colour (init_wan_paths in
+# scripts/train_tiny_vae.py). Lists, not tuples: the constructor concatenates them with lists.
+TINY_WAN_VAE = dict(
+    base_dim=8,
+    z_dim=16,
+    dim_mult=[1, 2, 4, 4],
+    num_res_blocks=1,
+    temperal_downsample=[False, True, True],
+)
 # In the repository beside the package (found by an editable install, which scripts/setup.sh makes).
 TINY_MOCHI_VAE_DIR = Path(__file__).resolve().parents[2] / "assets" / "tiny-mochi-vae"
+TINY_WAN_VAE_DIR = Path(__file__).resolve().parents[2] / "assets" / "tiny-wan-vae"
 VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")
+# Rough wall time of `scripts/train_tiny_vae.py --model_type <type>` on one CPU core, for the error
+# message that asks for it.
+_TRAIN_MINUTES = {"mochi": 12, "wan": 20}
+_FAMILY_NAMES = {"mochi": "Mochi", "wan": "Wan"}
 
 
 def build_t5_tokenizer(model_max_length: int = 256):
-    """A T5 tokenizer (pad=0, eos=1, unk=2, appends </s>) from a fixed Unigram vocabulary."""
+    """A T5 tokenizer (pad=0, eos=1, unk=2, appends </s>) from a fixed Unigram vocabulary.
+
+    Mochi's pipeline encodes 256 tokens and Wan's 512; the vocabulary is the same.
+    """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import T5TokenizerFast
 
@@ -102,40 +150,92 @@ def build_t5_tokenizer(model_max_length: int = 256):
     )
 
 
-def check_tiny_mochi_vae(path: Path | None = None) -> Path:
-    """The folder of the trained tiny VAE (default: the shipped one); FileNotFoundError naming the fix."""
-    path = TINY_MOCHI_VAE_DIR if path is None else Path(path)
+def tiny_vae_spec(model_type: str) -> tuple[str, dict, Path]:
+    """(diffusers class name, architecture, folder) of a family's trained tiny VAE.
+
+    Read when called rather than stored, so a test can point the folder elsewhere.
+    """
+    specs = {
+        "mochi": ("AutoencoderKLMochi", TINY_MOCHI_VAE, TINY_MOCHI_VAE_DIR),
+        "wan": ("AutoencoderKLWan", TINY_WAN_VAE, TINY_WAN_VAE_DIR),
+    }
+    return specs[model_type]
+
+
+def _train_command(model_type: str) -> str:
+    option = "" if model_type == "mochi" else f" --model_type {model_type}"
+    return f"OMP_NUM_THREADS=1 python scripts/train_tiny_vae.py{option}"
+
+
+def check_tiny_vae(model_type: str, path: Path | None = None) -> Path:
+    """The folder of a trained tiny VAE (default: the shipped one); FileNotFoundError naming the fix."""
+    path = tiny_vae_spec(model_type)[2] if path is None else Path(path)
     missing = [name for name in VAE_FILES if not (path / name).is_file()]
     if missing:
         raise FileNotFoundError(
-            f"the trained tiny Mochi VAE is missing ({', '.join(missing)} not in {path}); "
-            "make it with `OMP_NUM_THREADS=1 python scripts/train_tiny_vae.py` (about 12 min on one CPU core)"
+            f"the trained tiny {_FAMILY_NAMES[model_type]} VAE is missing ({', '.join(missing)} not in {path}); "
+            f"make it with `{_train_command(model_type)}` "
+            f"(about {_TRAIN_MINUTES[model_type]} min on one CPU core)"
         )
     return path
 
 
-def load_tiny_mochi_vae(path: Path | None = None):
-    """The trained tiny VAE (float32), refusing weights made for another architecture."""
-    from diffusers import AutoencoderKLMochi
+def _as_tuple(value):
+    # Configs come back from JSON with lists; TINY_MOCHI_VAE holds tuples, TINY_WAN_VAE lists.
+    return tuple(value) if isinstance(value, (list, tuple)) else value
 
-    path = check_tiny_mochi_vae(path)
-    vae = AutoencoderKLMochi.from_pretrained(path, torch_dtype=torch.float32)
-    wrong = [k for k, v in TINY_MOCHI_VAE.items() if tuple(vae.config[k]) != v]
+
+def load_tiny_vae(model_type: str, path: Path | None = None):
+    """A trained tiny VAE (float32), refusing weights made for another architecture."""
+    import diffusers
+
+    class_name, architecture, _ = tiny_vae_spec(model_type)
+    path = check_tiny_vae(model_type, path)
+    vae = getattr(diffusers, class_name).from_pretrained(path, torch_dtype=torch.float32)
+    wrong = [k for k, v in architecture.items() if _as_tuple(vae.config[k]) != _as_tuple(v)]
     if wrong:
         raise ValueError(
-            f"{path} is not a tiny Mochi VAE ({', '.join(wrong)} differ from TINY_MOCHI_VAE); "
-            "retrain it with `python scripts/train_tiny_vae.py`"
+            f"{path} is not a tiny {_FAMILY_NAMES[model_type]} VAE ({', '.join(wrong)} differ from "
+            f"TINY_{model_type.upper()}_VAE); retrain it with `{_train_command(model_type)}`"
         )
     return vae
 
 
-def tiny_mochi_vae_digest(path: Path | None = None) -> str:
-    """sha256 of the trained VAE's files: the built model's marker records it."""
-    path = check_tiny_mochi_vae(path)
+def tiny_vae_digest(model_type: str, path: Path | None = None) -> str:
+    """sha256 of a trained VAE's files: the built model's marker records it."""
+    path = check_tiny_vae(model_type, path)
     digest = hashlib.sha256()
     for name in VAE_FILES:
         digest.update((path / name).read_bytes())
     return digest.hexdigest()
+
+
+def check_tiny_mochi_vae(path: Path | None = None) -> Path:
+    return check_tiny_vae("mochi", path)
+
+
+def load_tiny_mochi_vae(path: Path | None = None):
+    return load_tiny_vae("mochi", path)
+
+
+def tiny_mochi_vae_digest(path: Path | None = None) -> str:
+    return tiny_vae_digest("mochi", path)
+
+
+def tiny_t5_config(config_class, vocab_size: int):
+    """The 2-layer, 32-wide T5 (or UMT5) encoder config of the tiny models."""
+    return config_class(
+        vocab_size=vocab_size,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        feed_forward_proj="gated-gelu",
+        pad_token_id=0,
+        eos_token_id=1,
+    )
 
 
 def build_tiny_mochi(seed: int = 0):
@@ -149,23 +249,10 @@ def build_tiny_mochi(seed: int = 0):
 
     tokenizer = build_t5_tokenizer()
     torch.manual_seed(seed)
-    text_encoder = T5EncoderModel(
-        T5Config(
-            vocab_size=len(tokenizer),
-            d_model=32,
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            feed_forward_proj="gated-gelu",
-            pad_token_id=0,
-            eos_token_id=1,
-        )
-    )
+    text_encoder = T5EncoderModel(tiny_t5_config(T5Config, len(tokenizer)))
     torch.manual_seed(seed + 1)
     transformer = MochiTransformer3DModel(**TINY_MOCHI_DIT)
-    vae = load_tiny_mochi_vae()
+    vae = load_tiny_vae("mochi")
     # Mochi's timesteps run reversed: the transformer sees 1000 * (1 - sigma).
     scheduler = FlowMatchEulerDiscreteScheduler(invert_sigmas=True)
     return MochiPipeline(
@@ -173,9 +260,34 @@ def build_tiny_mochi(seed: int = 0):
     )
 
 
-TINY_BUILDERS = {"mochi": build_tiny_mochi}
+def build_tiny_wan(seed: int = 0):
+    """A WanPipeline with a 4-block DiT (8 heads x 16), the trained tiny Wan VAE and a 2-layer UMT5."""
+    from diffusers import UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    # WanPipeline pads prompts to 512 tokens (the tokenizer's length for AutoTokenizer users).
+    tokenizer = build_t5_tokenizer(model_max_length=512)
+    torch.manual_seed(seed)
+    text_encoder = UMT5EncoderModel(tiny_t5_config(UMT5Config, len(tokenizer)))
+    torch.manual_seed(seed + 1)
+    transformer = WanTransformer3DModel(**TINY_WAN_DIT)
+    vae = load_tiny_vae("wan")
+    # What Wan2.1-T2V-1.3B-Diffusers ships: UniPC on flow sigmas, shifted by 3 (480p). Time runs
+    # forward: the transformer sees 1000 * sigma.
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
+    )
+    return WanPipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, scheduler=scheduler, transformer=transformer
+    )
+
+
+TINY_BUILDERS = {"mochi": build_tiny_mochi, "wan": build_tiny_wan}
 # What else, besides the seed, the built weights depend on.
-TINY_INPUTS = {"mochi": lambda: {"vae_sha256": tiny_mochi_vae_digest()}}
+TINY_INPUTS = {
+    "mochi": lambda: {"vae_sha256": tiny_vae_digest("mochi")},
+    "wan": lambda: {"vae_sha256": tiny_vae_digest("wan")},
+}
 
 
 def tiny_marker(model_type: str, seed: int) -> dict:
@@ -230,12 +342,16 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model_type", default="mochi", choices=sorted(TINY_BUILDERS))
-    parser.add_argument("--output", default="data/tiny-mochi", help="directory to write (diffusers layout)")
+    parser.add_argument(
+        "--output", default=None, help="directory to write (diffusers layout; default data/tiny-<model_type>)"
+    )
     parser.add_argument(
         "--seed", type=int, default=0, help="DiT and T5 weights are a function of this seed alone"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing directory")
     args = parser.parse_args(argv)
+    if args.output is None:
+        args.output = f"data/tiny-{args.model_type}"
     try:
         already = is_built(Path(args.output), args.model_type, args.seed) and not args.overwrite
         path = build_tiny(args.model_type, args.output, seed=args.seed, overwrite=args.overwrite)

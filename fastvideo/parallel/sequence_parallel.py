@@ -52,7 +52,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -73,6 +73,20 @@ def as_process_group(group: SPGroup) -> ProcessGroup:
             raise ValueError(f"the SP mesh must be 1-D, got a {group.ndim}-D mesh {group.mesh_dim_names}")
         return group.get_group()
     return group
+
+
+def valid_sp_sizes(num_heads: int) -> list[int]:
+    """SP sizes that split ``num_heads`` attention heads evenly (Ulysses gives each rank whole heads)."""
+    return [d for d in range(1, num_heads + 1) if num_heads % d == 0]
+
+
+def check_sp_heads(family: str, num_heads: int, world: int) -> None:
+    """ValueError naming the valid SP sizes when ``world`` does not divide ``num_heads``."""
+    if num_heads % world:
+        raise ValueError(
+            f"{family} has {num_heads} attention heads, not divisible by the SP size {world}; "
+            f"valid SP sizes for this model: {valid_sp_sizes(num_heads)}"
+        )
 
 
 def group_size(group: SPGroup) -> int:
@@ -258,6 +272,35 @@ class SeqShard:
         return trim(all_gather_along(x, dim, group), dim, self.full_len)
 
 
+class ShardedRope(NamedTuple):
+    """This rank's rows of a model's RoPE tables (cos, sin) plus where they sit in the (padded) global
+    sequence: what an SP plan's ``SplitOutput(..., wrap=ShardedRope.from_split)`` hands to attention."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    shard: SeqShard
+
+    @classmethod
+    def from_split(cls, local: tuple[torch.Tensor, torch.Tensor], shard: SeqShard) -> ShardedRope:
+        cos, sin = local
+        return cls(cos, sin, shard)
+
+
+class UlyssesProcessor:
+    """Base of the families' attention processors: an optional SP group and the kernel (sdpa or flash).
+
+    Stateless per call, and a ProcessGroup cannot be copied: copies of the model (EMA, a distillation
+    teacher) share the processor and run SP over the same group.
+    """
+
+    def __init__(self, sp_group: SPGroup | None, backend: str = "sdpa") -> None:
+        self.group = as_process_group(sp_group) if sp_group is not None else None
+        self.backend = backend
+
+    def __deepcopy__(self, memo: dict) -> UlyssesProcessor:
+        return self
+
+
 # --- hook plans -------------------------------------------------------------------------------------
 
 
@@ -431,6 +474,25 @@ def apply_sp_plan(model: torch.nn.Module, plan: SPPlan, sp_group: SPGroup) -> SP
         module = model.get_submodule(spec.module)
         handles.append(module.register_forward_hook(_gather_output_hook(spec, group, frames)))
     return SPHandle(handles)
+
+
+def enable_ulysses(
+    model: torch.nn.Module,
+    sp_group: SPGroup,
+    plan: SPPlan,
+    family: str,
+    install_processors: Callable[[], None],
+) -> SPHandle:
+    """The steps every family's ``enable_<family>_sequence_parallel`` shares, for an SP size above 1:
+    check the heads divide, refuse a second enabling, install the family's processors, then the plan."""
+    check_sp_heads(family, model.config.num_attention_heads, group_size(sp_group))
+    if getattr(model, "_fastvideo_sp_enabled", False):
+        raise RuntimeError("sequence parallelism is already enabled on this transformer")
+    install_processors()
+    handle = apply_sp_plan(model, plan, sp_group)
+    # A plain flag (not a tensor or module), so state_dict and FSDP never see it.
+    model._fastvideo_sp_enabled = True
+    return handle
 
 
 # --- loss helpers -----------------------------------------------------------------------------------

@@ -1,13 +1,13 @@
 """The Euler denoising loop over a list of noise levels, for any model family through its adapter.
 
     sigmas = torch.tensor([1.0, 0.5, 0.0])               # descending; the last is usually 0
-    latents = euler_denoise(adapter, transformer, noise, sigmas, prompt_embeds, prompt_attention_mask,
-                            guidance=4.5)                 # [B, C, T, H, W] -> the same shape
+    latents = euler_denoise(adapter, transformer, noise, sigmas, cond, guidance=4.5, negative=uncond)
+    # noise [B, C, T, H, W] -> latents of the same shape; cond/uncond: conditioning records
 
 Each step is ``x <- x + (sigma_next - sigma) * v`` with the adapter's velocity ``v = noise - x0``
 (the family's own timestep convention stays inside the adapter). With ``guidance > 1`` the
-velocity is ``v_u + guidance * (v_c - v_u)``, the unconditional one from ``negative`` (embeds,
-mask), by default the zero embedding the trainers drop captions to.
+velocity is ``v_u + guidance * (v_c - v_u)``, the unconditional one from ``negative`` (an encoded
+negative prompt, or the family's ``null_condition``, what the trainers drop captions to).
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ def euler_denoise(
     transformer: torch.nn.Module,
     latents: torch.Tensor,
     sigmas: torch.Tensor,
-    prompt_embeds: torch.Tensor,
-    prompt_attention_mask: torch.Tensor,
+    cond: dict[str, torch.Tensor],
     guidance: float = 1.0,
-    negative: tuple[torch.Tensor, torch.Tensor] | None = None,
+    negative: dict[str, torch.Tensor] | None = None,
     on_step: Callable[[int], None] | None = None,
     model_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
@@ -36,20 +35,21 @@ def euler_denoise(
     """
     sigmas = sigmas.to(latents.device, torch.float32)
     if guidance > 1.0 and negative is None:
-        negative = (torch.zeros_like(prompt_embeds), torch.zeros_like(prompt_attention_mask))
+        negative = adapter.null_condition(cond, None)
     batch = latents.shape[0]
     latents = latents.float()
 
-    def velocity(x: torch.Tensor, s: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def velocity(x: torch.Tensor, s: torch.Tensor, c: dict[str, torch.Tensor]) -> torch.Tensor:
         if model_dtype is not None:
-            x, embeds = x.to(model_dtype), embeds.to(model_dtype)
-        return adapter.predict_velocity(transformer, x, s, embeds, mask).float()
+            x = x.to(model_dtype)
+            c = {k: v.to(model_dtype) if v.is_floating_point() else v for k, v in c.items()}
+        return adapter.predict_velocity(transformer, x, s, c).float()
 
     for i, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:], strict=True)):
         s = sigma.expand(batch)
-        v = velocity(latents, s, prompt_embeds, prompt_attention_mask)
+        v = velocity(latents, s, cond)
         if guidance > 1.0:
-            v_uncond = velocity(latents, s, *negative)
+            v_uncond = velocity(latents, s, negative)
             v = v_uncond + guidance * (v - v_uncond)
         latents = latents + (sigma_next - sigma) * v
         if on_step is not None:

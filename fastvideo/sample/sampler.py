@@ -1,7 +1,8 @@
 """Text-to-video sampling with sequence parallelism over every rank, for any family with an adapter.
 
-    torchrun --nproc_per_node 2 fastvideo/sample/sample_t2v_mochi.py --prompts "a red circle moving right"
-    python -m fastvideo.sample.sampler --model_type mochi --prompt_path prompts.txt --seeds 0,1
+    torchrun --nproc_per_node 2 fastvideo/sample/sample_t2v.py --model_type wan --model_path data/tiny-wan \
+        --prompts "a red circle moving right"
+    python fastvideo/sample/sample_t2v.py --model_type mochi --prompt_path prompts.txt --seeds 0,1
 
 Every rank holds the whole DiT and runs every step on its share of the tokens (Ulysses SP over the
 world group), so N GPUs cut one video's latency. Per prompt and seed:
@@ -9,9 +10,11 @@ world group), so N GPUs cut one video's latency. Per prompt and seed:
 1. noise ``randn([1, C, T, H/8, W/8], generator=torch.Generator("cpu").manual_seed(seed))`` in
    float32, exactly what diffusers' pipelines draw for ``generator=torch.Generator("cpu").manual_seed(seed)``;
 2. Euler steps over the scheduler's noise levels: ``euler`` is the family's default schedule
-   (Mochi: MochiPipeline's linear-quadratic one), ``pcm_linear_quadratic`` a distilled model's
+   (Mochi: MochiPipeline's linear-quadratic one; Wan: FlowMatchEulerDiscreteScheduler with the
+   folder's flow shift), ``pcm_linear_quadratic`` a distilled model's
    ``PCMFlowScheduler`` grid (read from the model folder, ``--linear_threshold`` / ``--linear_range``
-   override it); classifier-free guidance against the encoded ``--negative_prompt`` as diffusers does;
+   override it); classifier-free guidance against the encoded ``--negative_prompt`` as diffusers does
+   (steps, guidance, negative prompt and fps default to the family's ``adapter.sampling``);
 3. VAE decode with tiling (job i is decoded by rank ``i % world``), one mp4 per prompt and seed.
 
 ``Sampler`` is also the in-process API the gradio demo uses (``generate``, ``decode``).
@@ -24,7 +27,7 @@ import re
 import sys
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -32,8 +35,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from fastvideo.cli import launch, parse_config
-from fastvideo.data_preprocess.video import write_video
 from fastvideo.io import atomic_torch_save
+from fastvideo.media.video import write_video
 from fastvideo.models import get_adapter_class
 from fastvideo.models.attention import BACKENDS, resolve_backend
 from fastvideo.parallel.process_group import DistInfo
@@ -54,13 +57,16 @@ class SampleConfig:
     prompt_path: str = ""
     """A text file with one prompt per line (added to --prompts)."""
     prompt_separator: str = "|"
-    negative_prompt: str = ""
+    negative_prompt: str | None = None
+    """Default: the family's (empty for Mochi and the tiny Wan)."""
     num_frames: int = 25
     height: int = 64
     width: int = 96
-    num_inference_steps: int = 64
+    num_inference_steps: int | None = None
+    """Default: the family's (Mochi 64, Wan 50)."""
     guidance_scale: float | None = None
-    """Classifier-free guidance; default 4.5 with euler, 1.0 with pcm_linear_quadratic (guidance is distilled in)."""
+    """Classifier-free guidance; default with euler the family's (Mochi 4.5, Wan 5.0), 1.0 with
+    pcm_linear_quadratic (guidance is distilled in)."""
     seed: int = 0
     seeds: str = ""
     """Several seeds, e.g. '0,1,2' (overrides --seed); one video per prompt and seed."""
@@ -77,7 +83,8 @@ class SampleConfig:
     lora_scale: float | None = None
     """LoRA scale; default alpha/rank from the folder's fastvideo_lora.json, else 1."""
     output_path: str = "outputs/samples"
-    fps: float = 30.0
+    fps: float | None = None
+    """Default: the family's (Mochi 30, Wan 16)."""
     dtype: str = "auto"
     """bf16 | fp32 | auto (bf16 on GPU, fp32 on CPU)."""
     save_latents: bool = False
@@ -90,7 +97,7 @@ class SampleConfig:
             raise ValueError(
                 f"--scheduler_type must be one of {', '.join(SCHEDULERS)}, got {self.scheduler_type!r}"
             )
-        if self.num_inference_steps < 1:
+        if self.num_inference_steps is not None and self.num_inference_steps < 1:
             raise ValueError("--num_inference_steps must be >= 1")
         if self.dtype not in ("auto", "bf16", "fp32"):
             raise ValueError("--dtype must be auto, bf16 or fp32")
@@ -132,7 +139,6 @@ class Sampler:
     """Loads a pipeline folder once; ``generate(request)`` gives latents, ``decode`` gives pixels."""
 
     def __init__(self, cfg: SampleConfig, dist_info: DistInfo | None = None):
-        self.cfg = cfg
         self.dist = dist_info or DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
         device = self.dist.device
         self.dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(
@@ -142,11 +148,12 @@ class Sampler:
         check_pipeline_folder(self.model_path)
         self.attention_backend = resolve_backend(cfg.attention_backend, device)
         self.adapter = get_adapter_class(cfg.model_type)(self.model_path, device=device, dtype=self.dtype)
+        self.cfg = cfg = with_family_defaults(cfg, self.adapter.sampling)
         self.transformer = self.load_transformer()
         self.adapter.load_text_encoder()
         self.folder_pcm = self.load_pcm_scheduler()
         self.vae = None
-        self._embeds: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._embeds: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
 
     # --- loading ---------------------------------------------------------------------------------
     def load_transformer(self) -> torch.nn.Module:
@@ -210,7 +217,7 @@ class Sampler:
             raise ValueError(f"unknown scheduler {kind!r}; choose one of {', '.join(SCHEDULERS)}")
         guidance = request.guidance_scale
         if guidance is None:
-            guidance = 1.0 if kind == "pcm_linear_quadratic" else 4.5
+            guidance = 1.0 if kind == "pcm_linear_quadratic" else self.adapter.sampling.guidance_scale
         return kind, sigmas, guidance
 
     def load_pcm_scheduler(self):
@@ -218,7 +225,7 @@ class Sampler:
         config = self.model_path / "scheduler" / "scheduler_config.json"
         if not config.is_file() or json.loads(config.read_text()).get("_class_name") != "PCMFlowScheduler":
             return None
-        from fastvideo.distill.pcm import PCMFlowScheduler
+        from fastvideo.schedulers import PCMFlowScheduler
 
         return self.with_overrides(PCMFlowScheduler.from_pretrained(self.model_path / "scheduler"))
 
@@ -229,15 +236,18 @@ class Sampler:
 
     def pcm_scheduler(self):
         """The folder's PCM scheduler, or a default one (with the overrides) for a folder without."""
-        from fastvideo.distill.pcm import PCMFlowScheduler
+        from fastvideo.schedulers import PCMFlowScheduler
 
         return self.folder_pcm or self.with_overrides(PCMFlowScheduler())
 
-    def encode(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Text embeddings, cached for the last EMBED_CACHE prompts (a long-running demo stays bounded)."""
+    def encode(self, prompt: str) -> dict[str, torch.Tensor]:
+        """The prompt's conditioning record, cached for the last EMBED_CACHE prompts (a long-running
+        demo stays bounded); embeddings in the model's dtype."""
         if prompt not in self._embeds:
-            embeds, mask = self.adapter.encode_prompts([prompt])
-            self._embeds[prompt] = (embeds.to(self.dtype), mask)
+            cond = self.adapter.encode_prompts([prompt])
+            self._embeds[prompt] = {
+                k: v.to(self.dtype) if v.is_floating_point() else v for k, v in cond.items()
+            }
             while len(self._embeds) > EMBED_CACHE:
                 self._embeds.popitem(last=False)
         self._embeds.move_to_end(prompt)
@@ -256,7 +266,7 @@ class Sampler:
         cond = self.encode(request.prompt)
         negative = self.encode(request.negative_prompt) if guidance > 1.0 else None
         return euler_denoise(
-            self.adapter, self.transformer, self.initial_noise(request), sigmas, *cond,
+            self.adapter, self.transformer, self.initial_noise(request), sigmas, cond,
             guidance=guidance, negative=negative, on_step=on_step, model_dtype=self.dtype,
         )  # fmt: skip
 
@@ -303,6 +313,16 @@ class Sampler:
         bar.close()
         self.dist.barrier()
         return written
+
+
+def with_family_defaults(cfg: SampleConfig, sampling) -> SampleConfig:
+    """``cfg`` with what it leaves unset (None) taken from the family's ``SamplingDefaults``."""
+    defaults = {
+        "num_inference_steps": sampling.num_inference_steps,
+        "negative_prompt": sampling.negative_prompt,
+        "fps": sampling.fps,
+    }
+    return replace(cfg, **{k: v for k, v in defaults.items() if getattr(cfg, k) is None})
 
 
 def preflight(argv: list[str], world_size: int, single_node: bool = True) -> None:

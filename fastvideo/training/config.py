@@ -17,10 +17,13 @@ from typing import ClassVar
 from fastvideo.models import MODEL_TYPES
 from fastvideo.models.base import component_fingerprint
 from fastvideo.training.flow_matching import WEIGHTING_SCHEMES
-from fastvideo.training.lora import DEFAULT_TARGETS
 
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+
+
+# Families whose adapter maps LoRA modules to ComfyUI's names (ModelAdapter.comfyui_module).
+COMFYUI_FAMILIES = ("wan",)
 
 
 @dataclass
@@ -95,8 +98,11 @@ class TrainConfig:
     lora_rank: int = 128
     lora_alpha: float = 256.0
     """LoRA scale is alpha / rank."""
-    lora_target_modules: str = DEFAULT_TARGETS
-    """Comma-separated module names inside the transformer blocks, or re:<regex> over full module names."""
+    lora_target_modules: str = ""
+    """Comma-separated module names inside the repeated blocks, or re:<regex> over full module names;
+    empty: the family's default (Mochi: both attention streams; Wan: self- and cross-attention)."""
+    lora_comfyui: bool = False
+    """Also write the exported LoRA under ComfyUI's key names (lora/comfyui_lora.safetensors; Wan)."""
     lora_base_dtype: str = "auto"
     """dtype of the frozen base weights under LoRA: auto (the compute dtype: bf16 on GPU), bf16 or fp32."""
     id_token: str = ""
@@ -139,6 +145,11 @@ class TrainConfig:
             raise ValueError("--learning_rate must be > 0")
         if not 0.0 <= self.cfg < 1.0:
             raise ValueError("--cfg is a probability in [0, 1)")
+        if self.lora_comfyui and not (self.use_lora and self.model_type in COMFYUI_FAMILIES):
+            raise ValueError(
+                f"--lora_comfyui writes a LoRA export under ComfyUI's names: it needs --use_lora and a family "
+                f"with a key mapping ({', '.join(COMFYUI_FAMILIES)}), got --model_type {self.model_type}"
+            )
         if self.weighting_scheme not in WEIGHTING_SCHEMES:
             raise ValueError(f"--weighting_scheme must be one of {WEIGHTING_SCHEMES}")
         if self.lr_scheduler not in LR_SCHEDULERS:

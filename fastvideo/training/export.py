@@ -4,8 +4,8 @@
 sharded index) on rank 0 and hands every rank its shards (``broadcast_from_rank0``), so only one
 full copy is ever in memory. ``export_transformer`` gathers the full weights to rank 0 and writes a
 diffusers folder (``config.json`` + safetensors via ``save_pretrained``) that
-``MochiTransformer3DModel.from_pretrained`` and ``MochiPipeline`` load; it is written to a
-temporary folder and renamed when whole. ``write_pipeline_folder`` then makes the output folder a
+the family's transformer class and pipeline load; it is written to a temporary folder and
+renamed when whole. ``write_pipeline_folder`` then makes the output folder a
 whole diffusers pipeline.
 """
 
@@ -77,32 +77,35 @@ def export_transformer(model: torch.nn.Module, adapter, out: Path, dist_info: Di
     return out
 
 
-BASE_COMPONENTS = ("scheduler", "vae", "text_encoder", "tokenizer")
+def pipeline_components(index: dict) -> list[str]:
+    """The components a ``model_index.json`` lists as present (``[library, class]``, not ``[null, null]``)."""
+    return [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None]
 
 
 def write_pipeline_folder(out: Path, base: Path, scheduler=None, link_transformer: bool = False) -> list[str]:
     """Make ``out`` (holding an exported ``transformer/``) a pipeline folder that ``from_pretrained`` loads.
 
     Writes ``model_index.json`` and links (absolute symbolic links; ``cp -rL`` makes a standalone
-    copy) each component of ``base`` that ``out`` lacks: ``vae/``, ``text_encoder/``, ``tokenizer/``,
-    ``scheduler/`` unless ``scheduler`` (a diffusers scheduler) is given and saved instead, and
-    ``transformer/`` with ``link_transformer`` (LoRA runs, whose weights are in ``lora/``).
+    copy) each component of ``base`` (what its ``model_index.json`` lists: ``vae``,
+    ``text_encoder``, ``tokenizer``, and ``text_encoder_2``, ``transformer_2`` ... where the family
+    has them) that ``out`` lacks, except ``scheduler`` when one is given (saved instead) and
+    ``transformer`` unless ``link_transformer`` (LoRA runs, whose weights are in ``lora/``).
     Returns what is missing (nothing when the folder is whole); existing real folders are kept.
     """
     index_path = base / "model_index.json"
     if not index_path.is_file():
         return [f"{index_path} (the base is not a diffusers pipeline folder)"]
     index = json.loads(index_path.read_text())
-    names = [*BASE_COMPONENTS, *(["transformer"] if link_transformer else [])]
+    names = [c for c in pipeline_components(index) if c != "transformer" or link_transformer]
     if scheduler is not None:
-        names.remove("scheduler")
+        names = [n for n in names if n != "scheduler"]
         index["scheduler"] = [type(scheduler).__module__, type(scheduler).__name__]
         with atomic_dir(out / "scheduler") as staging:
             scheduler.save_pretrained(staging)
     missing = []
     for name in names:
         link, target = out / name, base / name
-        if name not in index or (link.exists() and not link.is_symlink()):
+        if link.exists() and not link.is_symlink():
             continue
         if not target.is_dir():
             missing.append(str(target))

@@ -1,22 +1,30 @@
 """LoRA on a plain diffusers DiT through peft (diffusers' adapter API), and its files.
 
-    python -m fastvideo.training.lora fuse --model_path data/tiny-mochi \
+    python -m fastvideo.training.lora fuse --model_type mochi --model_path data/tiny-mochi \
         --lora_path outputs/lora-mochi/lora --output outputs/fused-transformer
 
-Training: ``add_lora`` injects rank-``r`` adapters into the attention projections of the
-transformer blocks (video and text streams) and freezes everything else; the frozen base is cast
+Training: ``add_lora`` injects rank-``r`` adapters into the named modules inside the family's
+repeated blocks (by default ``adapter.lora_targets``: Mochi's video and text attention
+projections, Wan's self- and cross-attention ones) and freezes everything else; the frozen base is cast
 to ``base_dtype`` (bf16 by default: no fp32 copy, no gradients, no optimizer state), the adapters
 stay fp32. Both are sharded by FSDP2 like any parameter.
 
 Files: ``save_lora`` writes diffusers' format (``pytorch_lora_weights.safetensors``, keys
-``transformer.<module>.lora_A.weight``) via ``MochiPipeline.save_lora_weights``, with adapter
+``transformer.<module>.lora_A.weight``) via the family pipeline's ``save_lora_weights``
+(``MochiPipeline``, ``WanPipeline``), with adapter
 metadata ``r = lora_alpha = rank`` (FastVideo's convention) and ``fastvideo_lora.json`` holding the
 training rank and alpha. Load it as::
 
     pipe.load_lora_weights(dir, adapter_name="fastvideo")
     pipe.set_adapters("fastvideo", alpha / rank)
 
-``fuse`` folds a LoRA into the base weights and saves a full diffusers transformer.
+``fuse`` folds a LoRA into the base weights and saves a full diffusers transformer. ``comfyui``
+(and ``--lora_comfyui`` at training) also writes ``comfyui_lora.safetensors``: the same adapters
+under the original checkpoint's module names, as ComfyUI loads them
+(``diffusion_model.<module>.lora_down.weight``, ``lora_up.weight`` and ``alpha``, so the file
+carries its own scale); Wan only so far::
+
+    python -m fastvideo.training.lora comfyui --model_type wan --lora_path outputs/lora-wan/lora
 """
 
 from __future__ import annotations
@@ -33,27 +41,35 @@ import torch
 from fastvideo.io import atomic_dir
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
+COMFYUI_FILE = "comfyui_lora.safetensors"
 INFO_FILE = "fastvideo_lora.json"
 ADAPTER = "default"
-DEFAULT_TARGETS = "to_q,to_k,to_v,to_out.0,add_q_proj,add_k_proj,add_v_proj,to_add_out"
 
 
-def target_regex(spec: str) -> str:
-    """``re:<regex>`` as given, or comma-separated module names within the transformer blocks."""
+def target_regex(spec: str, block_lists: tuple[str, ...] = ("transformer_blocks",)) -> str:
+    """``re:<regex>`` as given, or comma-separated module names within the blocks of ``block_lists``."""
     if spec.startswith("re:"):
         return spec[3:]
     names = [re.escape(n.strip()) for n in spec.split(",") if n.strip()]
     if not names:
         raise ValueError("--lora_target_modules names no module")
-    return rf".*transformer_blocks\.\d+\..*\.({'|'.join(names)})"
+    lists = "|".join(re.escape(b) for b in block_lists)
+    return rf"(.*\.)?({lists})\.\d+\..*\.({'|'.join(names)})"
 
 
 def add_lora(
-    model: torch.nn.Module, *, rank: int, alpha: float, targets: str, base_dtype: torch.dtype
+    model: torch.nn.Module,
+    *,
+    rank: int,
+    alpha: float,
+    targets: str,
+    base_dtype: torch.dtype,
+    block_lists: tuple[str, ...] = ("transformer_blocks",),
 ) -> None:
     from peft import LoraConfig
 
-    model.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_regex(targets)), ADAPTER)
+    regex = target_regex(targets, block_lists)
+    model.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=regex), ADAPTER)
     trainable = 0
     for name, param in model.named_parameters():
         is_lora = ".lora_" in name
@@ -93,23 +109,50 @@ def lora_weights(full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k.replace(f".{ADAPTER}.", "."): v for k, v in full.items() if ".lora_" in k}
 
 
-def save_lora(out: Path, weights: dict[str, torch.Tensor], *, rank: int, alpha: float, targets: str) -> Path:
-    from diffusers import MochiPipeline
-
+def save_lora(
+    out: Path, weights: dict[str, torch.Tensor], *, rank: int, alpha: float, targets: str, adapter
+) -> Path:
+    """Write ``weights`` in diffusers' format through the family pipeline's ``save_lora_weights``."""
     with atomic_dir(out) as staging:
-        MochiPipeline.save_lora_weights(
+        adapter.pipeline_class().save_lora_weights(
             staging,
             transformer_lora_layers={k: v.contiguous() for k, v in weights.items()},
             transformer_lora_adapter_metadata={
                 "r": rank,
                 "lora_alpha": rank,
-                "target_modules": target_regex(targets),
+                "target_modules": target_regex(targets, adapter.block_lists),
             },
             weight_name=LORA_FILE,
         )
         info = {"rank": rank, "alpha": alpha, "scale": alpha / rank, "target_modules": targets}
         (staging / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
     return out
+
+
+def comfyui_weights(weights: dict[str, torch.Tensor], alpha: float, adapter) -> dict[str, torch.Tensor]:
+    """``weights`` (diffusers' names) under ComfyUI's: ``diffusion_model.<original module>.lora_down``/
+    ``lora_up`` plus an ``alpha`` per module, so loaders apply ``alpha / rank`` as fastvideo does."""
+    out = {}
+    for key, tensor in weights.items():
+        module, kind = re.sub(r"^transformer\.", "", key).split(".lora_")
+        name = f"diffusion_model.{adapter.comfyui_module(module)}"
+        out[f"{name}.lora_{'down' if kind.startswith('A') else 'up'}.weight"] = tensor.contiguous()
+        out[f"{name}.alpha"] = torch.tensor(float(alpha))
+    return out
+
+
+def write_comfyui(lora_dir: Path, adapter) -> Path:
+    """Write ``comfyui_lora.safetensors`` beside a diffusers-format LoRA folder (atomically)."""
+    from safetensors.torch import save_file
+
+    weights, info = read_lora(lora_dir)
+    if "alpha" not in info:
+        raise ValueError(f"{lora_dir} has no {INFO_FILE} (its alpha is needed for ComfyUI's scale)")
+    path = Path(lora_dir) / COMFYUI_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(comfyui_weights(weights, info["alpha"], adapter), tmp)
+    tmp.replace(path)
+    return path
 
 
 def read_lora(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -148,11 +191,14 @@ def check_lora_matches(
         raise ValueError(f"this LoRA does not fit the model: {shown}")
 
 
-def fuse(model_path: Path, lora_path: Path, output: Path, scale: float | None = None) -> Path:
+def fuse(
+    model_path: Path, lora_path: Path, output: Path, scale: float | None = None, model_type: str = "mochi"
+) -> Path:
     """Fold a LoRA into the base transformer and save a full diffusers transformer."""
-    from diffusers import MochiTransformer3DModel
+    from fastvideo.models import get_adapter_class
 
-    transformer = MochiTransformer3DModel.from_pretrained(Path(model_path) / "transformer")
+    adapter = get_adapter_class(model_type)(model_path)
+    transformer = adapter.transformer_class().from_pretrained(Path(model_path) / "transformer")
     weights, info = read_lora(lora_path)
     check_lora_matches(weights, transformer)
     scale = scale if scale is not None else info.get("scale", 1.0)
@@ -170,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fuse", help="fold a LoRA into the base and save a full diffusers transformer")
+    f.add_argument("--model_type", default="mochi", help="the model family (mochi, wan)")
     f.add_argument(
         "--model_path", required=True, help="diffusers pipeline directory (its transformer/ is the base)"
     )
@@ -178,9 +225,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     f.add_argument("--output", required=True, help="folder for the fused transformer")
     f.add_argument("--scale", type=float, default=None, help="default: alpha / rank from fastvideo_lora.json")
+    c = sub.add_parser(
+        "comfyui", help="also write the LoRA under ComfyUI's key names (comfyui_lora.safetensors)"
+    )
+    c.add_argument("--model_type", default="mochi", help="the model family (wan)")
+    c.add_argument(
+        "--lora_path", required=True, help="a fastvideo LoRA folder (pytorch_lora_weights.safetensors)"
+    )
     args = parser.parse_args(argv)
     try:
-        out = fuse(Path(args.model_path), Path(args.lora_path), Path(args.output), args.scale)
+        if args.command == "comfyui":
+            from fastvideo.models import get_adapter_class
+
+            adapter = get_adapter_class(args.model_type)(Path(args.lora_path))
+            print(f"ComfyUI LoRA written to {write_comfyui(Path(args.lora_path), adapter)}")
+            return 0
+        out = fuse(
+            Path(args.model_path), Path(args.lora_path), Path(args.output), args.scale, args.model_type
+        )
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

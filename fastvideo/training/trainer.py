@@ -2,10 +2,12 @@
 
     setup -> train -> train_step -> forward_backward_step -> validate -> save_checkpoint -> export -> cleanup
 
-The DiT is a plain diffusers module. ``setup`` builds it on the meta device, installs the
-family's sequence-parallel plan, activation checkpointing, torch.compile per block (``--compile``)
-and FSDP2 (in that order), then materialises it and loads the weights (rank 0 reads them, the
-others receive their shards), so no rank ever holds more than one full copy.
+The DiT is a plain diffusers module. ``setup`` builds it on the meta device, hands it to
+``fastvideo.parallel.parallelize`` (the family's sequence-parallel plan, activation checkpointing,
+torch.compile per block with ``--compile``, FSDP2: in that order), then materialises it and loads
+the weights (rank 0 reads them, the others receive their shards), so no rank ever holds more than
+one full copy. Batches carry the family's conditioning record (``batch["cond"]``), which goes to
+the adapter untouched.
 
 Determinism: the noise, noise level and caption dropout of every sample come from a generator
 seeded by (seed, step, the sample's position in the step's global batch), so a run is a function
@@ -41,11 +43,15 @@ from fastvideo.cli import RunError
 from fastvideo.dataset.latent_dataset import BatchPrefetcher, LatentDataset, ShapeBucketSampler
 from fastvideo.io import atomic_write_json
 from fastvideo.lock import FolderLock, lock_on_main
-from fastvideo.models import ModelAdapter, get_adapter_class
+from fastvideo.models import Condition, ModelAdapter, get_adapter_class
 from fastvideo.models.attention import resolve_backend
-from fastvideo.parallel.checkpointing import extrapolate_profile, profile_activations, resolve_policy
+from fastvideo.parallel.activation_checkpointing import (
+    extrapolate_profile,
+    profile_activations,
+    resolve_policy,
+)
 from fastvideo.parallel.dims import ParallelDims
-from fastvideo.parallel.fsdp import apply_fsdp
+from fastvideo.parallel.parallelize import compile_blocks, parallelize
 from fastvideo.parallel.process_group import DistInfo, single_process_group
 from fastvideo.training.checkpoint import CheckpointManager, rng_state, set_rng_state
 from fastvideo.training.config import TrainConfig
@@ -57,7 +63,7 @@ from fastvideo.training.export import (
     write_pipeline_folder,
 )
 from fastvideo.training.flow_matching import add_noise, sample_sigmas, velocity_target
-from fastvideo.training.lora import add_lora, lora_weights, save_lora, with_lora_init
+from fastvideo.training.lora import add_lora, lora_weights, save_lora, with_lora_init, write_comfyui
 from fastvideo.training.metrics import MetricsLogger, format_postfix
 from fastvideo.training.validation import run_validation
 
@@ -89,15 +95,7 @@ def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], device: t
     return Prodigy(params, **kwargs)
 
 
-def compile_blocks(blocks: torch.nn.ModuleList, backend: str = "inductor") -> None:
-    """torch.compile each block in place (parameter names do not change; like blocks share graphs).
-
-    A checkpointed block is compiled inside its checkpoint wrapper: dynamo cannot trace a checkpoint
-    around a graph break (diffusers' Mochi attention has one, a data-dependent ``nonzero``), and would
-    run such a block eagerly. So the checkpoint stays eager and recomputes the compiled block.
-    """
-    for block in blocks:
-        getattr(block, "_checkpoint_wrapped_module", block).compile(backend=backend)
+__all__ = ["Trainer", "TrainingError", "compile_blocks", "make_optimizer", "sample_generator"]
 
 
 class TrainingError(RunError):
@@ -130,6 +128,10 @@ class Trainer:
         self.adapter: ModelAdapter = get_adapter_class(cfg.model_type)(
             cfg.model_path, device=self.dist.device
         )
+        if self.adapter.objective != "flow_velocity":
+            raise ValueError(
+                f"{cfg.model_type} trains with {self.adapter.objective}, which fastvideo does not implement yet"
+            )
         self.dims = ParallelDims(
             dp_replicate=cfg.dp_replicate,
             dp_shard=cfg.dp_shard,
@@ -216,34 +218,30 @@ class Trainer:
             if master != torch.float32:
                 model = model.to(master)
             if cfg.use_lora:
-                base_dtype = self.lora_base_dtype()
                 add_lora(
                     model,
                     rank=cfg.lora_rank,
                     alpha=cfg.lora_alpha,
-                    targets=cfg.lora_target_modules,
-                    base_dtype=base_dtype,
+                    targets=self.lora_targets(),
+                    base_dtype=self.lora_base_dtype(),
+                    block_lists=self.adapter.block_lists,
                 )
-        sp_group = self.dims.sp_mesh.get_group() if self.dims.sp_enabled else None
-        self.adapter.set_attention(model, sp_group, self.attention_backend)
-        blocks = self.adapter.transformer_blocks(model)
-        self.ac_blocks = self.checkpoint_policy(model).apply(model)
+        compute = self.compute_dtype()
+        self.ac_blocks = parallelize(
+            model, self.adapter, self.dims,
+            attention_backend=self.attention_backend,
+            ac_policy=self.checkpoint_policy(model),
+            compile=cfg.compile,
+            fsdp=self.uses_fsdp(),
+            # LoRA mixes bf16 base and fp32 adapter weights: one compute dtype unifies each block.
+            param_dtype=compute if (compute != master or cfg.use_lora) else None,
+            reduce_dtype=torch.float32,
+            cpu_offload=cfg.cpu_offload,
+        )  # fmt: skip
         if self.dist.is_main and cfg.activation_checkpointing != "none":
-            print(f"activation checkpointing: blocks {self.ac_blocks} of {len(blocks)}")
-        if cfg.compile:
-            compile_blocks(blocks)
-        if self.uses_fsdp():
-            compute = self.compute_dtype()
-            apply_fsdp(
-                model,
-                blocks,
-                mesh=self.dims.fsdp_mesh,
-                # LoRA mixes bf16 base and fp32 adapter weights: one compute dtype unifies each block.
-                param_dtype=compute if (compute != master or cfg.use_lora) else None,
-                reduce_dtype=torch.float32,
-                cpu_offload=cfg.cpu_offload,
-            )
+            print(f"activation checkpointing: blocks {self.ac_blocks} of {len(self.adapter.blocks(model))}")
         model.to_empty(device="cpu" if cfg.cpu_offload else self.dist.device)
+        self.adapter.init_buffers(model)
         self.load_weights(model)
         if self.dist.is_main:
             print(f"layout: {self.describe_layout()}")
@@ -267,15 +265,19 @@ class Trainer:
         prepare = (lambda full, targets: with_lora_init(full, targets, cfg.seed)) if cfg.use_lora else None
         load_transformer_weights(model, self.adapter.model_path / "transformer", self.dist, prepare=prepare)
 
+    def lora_targets(self) -> str:
+        return self.cfg.lora_target_modules or self.adapter.lora_targets
+
     def checkpoint_policy(self, model):
-        spec = self.cfg.activation_checkpointing
+        spec, attrs = self.cfg.activation_checkpointing, self.adapter.block_lists
         if spec != "auto":
-            return resolve_policy(spec)
+            return resolve_policy(spec, blocks_attrs=attrs)
         budget = int(self.cfg.ac_budget_gb * 2**30)
         return resolve_policy(
             spec,
             budget_bytes=budget,
-            profile=self.probe_activations(len(self.adapter.transformer_blocks(model))),
+            profile=self.probe_activations(len(self.adapter.blocks(model))),
+            blocks_attrs=attrs,
         )
 
     def probe_activations(self, depth: int):
@@ -285,16 +287,21 @@ class Trainer:
             probe_model = self.adapter.transformer_class().from_config(config).to(self.compute_dtype())
         sp_group = self.dims.sp_mesh.get_group() if self.dims.sp_enabled else None
         self.adapter.set_attention(probe_model, sp_group, self.attention_backend)
-        item, b, device = self.dataset[0], self.cfg.train_batch_size, self.dist.device
-        latents = torch.zeros(b, *item["latents"].shape, device=device, dtype=self.compute_dtype())
-        embeds = torch.zeros(b, *item["prompt_embeds"].shape, device=device, dtype=self.compute_dtype())
-        mask = torch.ones(b, item["prompt_attention_mask"].shape[0], dtype=torch.bool, device=device)
+        item, b = self.dataset[0], self.cfg.train_batch_size
+        device, dtype = self.dist.device, self.compute_dtype()
+        latents = torch.zeros(b, *item["latents"].shape, device=device, dtype=dtype)
+        # The first item's real conditioning, at the real shape and dtype.
+        cond = {
+            k: torch.stack([v] * b).to(device, dtype if v.is_floating_point() else v.dtype)
+            for k, v in item["cond"].items()
+        }
         sigmas = torch.full((b,), 0.5, device=device)
 
         def forward():
-            return self.adapter.predict_velocity(probe_model, latents, sigmas, embeds, mask)
+            return self.adapter.predict_velocity(probe_model, latents, sigmas, cond)
 
-        return extrapolate_profile(profile_activations(probe_model, forward), depth)
+        attrs = self.adapter.block_lists
+        return extrapolate_profile(profile_activations(probe_model, forward, blocks_attrs=attrs), depth)
 
     def maybe_resume(self) -> bool:
         if not self.cfg.resume_from_checkpoint:
@@ -407,8 +414,7 @@ class Trainer:
         cfg = self.cfg
         device = self.dist.device
         latents = batch["latents"].to(device, torch.float32)
-        embeds = batch["prompt_embeds"].to(device, torch.float32)
-        mask = batch["prompt_attention_mask"].to(device)
+        cond = self.condition_on_device(batch["cond"])
         generators = self.sample_generators(batch)
         noise = self.draw_noise(latents, generators)
         sigmas = torch.cat([
@@ -418,10 +424,10 @@ class Trainer:
             )
             for g in generators
         ]).to(device)  # fmt: skip
-        self.drop_captions(embeds, mask, generators)
+        self.drop_captions(cond, generators)
         noisy = add_noise(latents, noise, sigmas)
         with self.autocast():
-            pred = self.adapter.predict_velocity(self.model, noisy, sigmas, embeds, mask)
+            pred = self.adapter.predict_velocity(self.model, noisy, sigmas, cond)
         loss = F.mse_loss(pred.float(), velocity_target(latents, noise))
         (loss / cfg.gradient_accumulation_steps).backward()
         return loss.item()
@@ -441,20 +447,32 @@ class Trainer:
         noise = torch.stack([torch.randn(latents.shape[1:], generator=g) for g in generators])
         return noise.to(latents.device)
 
-    def drop_captions(
-        self, embeds: torch.Tensor, mask: torch.Tensor, generators: list[torch.Generator]
-    ) -> None:
-        """Caption dropout in place, the last draw of each generator: the unconditional input is a zero
-        embedding with an empty mask (as FastVideo's Mochi)."""
-        for j, g in enumerate(generators):
-            if torch.rand((), generator=g) < self.cfg.cfg:
-                embeds[j] = 0
-                mask[j] = False
+    def condition_on_device(self, cond: Condition) -> Condition:
+        """A batch's conditioning record on the device: embeddings float32, masks as they are."""
+        device = self.dist.device
+        return {
+            k: v.to(device, torch.float32) if v.is_floating_point() else v.to(device) for k, v in cond.items()
+        }
+
+    def null_condition(self, like: Condition) -> Condition:
+        """The family's unconditional input for a batch shaped like ``like`` (caption dropout, CFG)."""
+        return self.adapter.null_condition(like, self.dataset.null_condition)
+
+    def drop_captions(self, cond: Condition, generators: list[torch.Generator]) -> None:
+        """Caption dropout in place, the last draw of each generator: a dropped sample's conditioning
+        becomes the family's unconditional input (Mochi: a zero embedding with an empty mask, as
+        FastVideo's Mochi; Wan: the encoded empty prompt)."""
+        dropped = [j for j, g in enumerate(generators) if torch.rand((), generator=g) < self.cfg.cfg]
+        if not dropped:
+            return
+        null = self.null_condition(cond)
+        for name, tensor in cond.items():
+            tensor[dropped] = null[name][dropped]
 
     def tokens_in(self, latents: torch.Tensor) -> int:
         """Transformer tokens in a latent batch [B, C, T, h, w] (after spatial patchify)."""
-        b, c = latents.shape[:2]
-        return latents.numel() // c // self.adapter.rules.patch_size**2
+        rules = self.adapter.rules
+        return latents.numel() // latents.shape[1] // rules.patch_size**2 // rules.temporal_patch
 
     def clip_gradients(self) -> float:
         max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")
@@ -519,7 +537,16 @@ class Trainer:
             return
         weights = lora_weights(gather_full_state(self.model, trainable_only=True))
         if self.dist.is_main:
-            save_lora(out, weights, rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=cfg.lora_target_modules)
+            save_lora(
+                out,
+                weights,
+                rank=cfg.lora_rank,
+                alpha=cfg.lora_alpha,
+                targets=self.lora_targets(),
+                adapter=self.adapter,
+            )
+            if cfg.lora_comfyui:
+                write_comfyui(out, self.adapter)
         self.dist.barrier()
 
     def memory_report(self) -> dict:

@@ -3,8 +3,9 @@
 All ranks run the DiT together (FSDP and sequence parallelism need them all), with the same
 noise; then prompt i is decoded and written by rank ``i % world_size``, so no rank sits in a
 collective while another decodes alone. Sampling is plain Euler on the family's default schedule
-(Mochi: MochiPipeline's linear-quadratic one), with classifier-free guidance against the zero
-embedding (what caption dropout trains) when the guidance scale is above 1. Each prompt's final latents are saved beside
+(Mochi: MochiPipeline's linear-quadratic one), with classifier-free guidance against the family's
+unconditional input (what caption dropout trains: ``adapter.null_condition``) when the guidance
+scale is above 1. Each prompt's final latents are saved beside
 its mp4 (``prompt-NN.pt``).
 """
 
@@ -15,28 +16,20 @@ from pathlib import Path
 
 import torch
 
-from fastvideo.data_preprocess.video import write_video
+from fastvideo.dataset.layout import INDEX_FILE, VALIDATION_DIR, load_condition
 from fastvideo.io import atomic_torch_save
+from fastvideo.media.video import write_video
 from fastvideo.sample.denoise import euler_denoise
 
 
 def validation_prompts(data_dir: Path) -> list[dict]:
-    folder = data_dir / "validation"
-    index = folder / "videos2caption.json"
+    """``[{"caption": str, **conditioning record}]`` of the validation prompts preprocessing encoded."""
+    folder = data_dir / VALIDATION_DIR
+    index = folder / INDEX_FILE
     if not index.is_file():
         return []
-    prompts = []
-    for rec in json.loads(index.read_text()):
-        prompts.append(
-            {
-                "caption": rec["caption"],
-                "prompt_embeds": torch.load(folder / "prompt_embed" / rec["prompt_embed_path"]).float(),
-                "prompt_attention_mask": torch.load(
-                    folder / "prompt_attention_mask" / rec["prompt_attention_mask"]
-                ),
-            }
-        )
-    return prompts
+    records = json.loads(index.read_text())
+    return [{"caption": rec["caption"], **load_condition(folder, rec)} for rec in records]
 
 
 def train_fps(data_dir: Path) -> float:
@@ -49,15 +42,15 @@ def sample_latents(
 ) -> torch.Tensor:
     device = trainer.dist.device
     latents = torch.randn(1, *shape, generator=torch.Generator().manual_seed(seed)).to(device)
-    embeds = prompt["prompt_embeds"][None].to(device)
-    mask = prompt["prompt_attention_mask"][None].to(device)
-    return euler_denoise(trainer.adapter, trainer.model, latents, sigmas, embeds, mask, guidance)
+    cond = {k: v[None].to(device) for k, v in prompt.items() if k != "caption"}
+    negative = trainer.null_condition(cond) if guidance > 1.0 else None
+    return euler_denoise(trainer.adapter, trainer.model, latents, sigmas, cond, guidance, negative)
 
 
 def run_validation(
     trainer, out_dir: Path, sigmas: torch.Tensor | None = None, guidance: float | None = None
 ) -> list[Path]:
-    """Sample every validation prompt (default: the config's steps on Mochi's schedule and guidance)."""
+    """Sample every validation prompt (default: the config's steps on the family's schedule and guidance)."""
     if sigmas is None:
         sigmas = trainer.adapter.default_sigmas(trainer.cfg.validation_sampling_steps)
     if guidance is None:

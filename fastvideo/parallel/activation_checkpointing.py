@@ -1,8 +1,12 @@
 """Selective activation checkpointing of a DiT's transformer blocks, and the memory figures behind it.
 
-A policy decides which blocks of ``model.transformer_blocks`` (an ``nn.ModuleList``) recompute
-their activations in backward instead of keeping them from forward; ``apply(model)`` wraps those
-blocks in place with torch's non-reentrant ``checkpoint_wrapper`` and returns their indices::
+Activation checkpointing (recompute in backward), not to be confused with training checkpoints
+(``fastvideo.training.checkpoint``). A policy decides which of the model's repeated blocks
+recompute their activations in backward instead of keeping them from forward. The blocks are the
+``nn.ModuleList`` attributes named by ``blocks_attrs`` (the adapter's ``block_lists``: Mochi's
+``transformer_blocks``, Wan's ``blocks``; several lists are indexed one after the other).
+``apply(model)`` wraps the chosen blocks in place with torch's non-reentrant ``checkpoint_wrapper``
+and returns their indices::
 
     policy = resolve_policy("0.5")                  # or "none", "all", "4", "auto"
     wrapped = policy.apply(model)                   # e.g. [0, 2] of 4 blocks
@@ -45,7 +49,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     checkpoint_wrapper,
 )
 
-DEFAULT_BLOCKS_ATTR = "transformer_blocks"
+DEFAULT_BLOCKS_ATTRS = ("transformer_blocks",)
 
 
 class CheckpointPolicy(Protocol):
@@ -176,8 +180,37 @@ def _inner(block: nn.Module) -> nn.Module:
     return block._checkpoint_wrapped_module if isinstance(block, CheckpointWrapper) else block
 
 
+class _Blocks:
+    """The repeated blocks of one or more ``nn.ModuleList`` attributes, indexed as one sequence."""
+
+    def __init__(self, model: nn.Module, attrs: tuple[str, ...] | str):
+        attrs = (attrs,) if isinstance(attrs, str) else tuple(attrs)
+        self.slots: list[tuple[nn.ModuleList, int]] = []
+        for attr in attrs:
+            blocks = getattr(model, attr, None)
+            if not isinstance(blocks, nn.ModuleList):
+                raise ValueError(
+                    f"{type(model).__name__}.{attr} is not an nn.ModuleList of transformer blocks"
+                )
+            self.slots += [(blocks, i) for i in range(len(blocks))]
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def __getitem__(self, index: int) -> nn.Module:
+        blocks, i = self.slots[index]
+        return blocks[i]
+
+    def __setitem__(self, index: int, block: nn.Module) -> None:
+        blocks, i = self.slots[index]
+        blocks[i] = block
+
+    def __iter__(self) -> Iterator[nn.Module]:
+        return (blocks[i] for blocks, i in self.slots)
+
+
 @contextmanager
-def _unwrapped(blocks: nn.ModuleList) -> Iterator[None]:
+def _unwrapped(blocks: _Blocks) -> Iterator[None]:
     """Temporarily put the bare blocks back, so that a probe sees what each block itself saves."""
     originals = list(blocks)
     for i, block in enumerate(originals):
@@ -189,13 +222,8 @@ def _unwrapped(blocks: nn.ModuleList) -> Iterator[None]:
             blocks[i] = block
 
 
-def _get_blocks(model: nn.Module, blocks_attr: str) -> nn.ModuleList:
-    blocks = getattr(model, blocks_attr, None)
-    if not isinstance(blocks, nn.ModuleList):
-        raise ValueError(
-            f"{type(model).__name__}.{blocks_attr} is not an nn.ModuleList of transformer blocks"
-        )
-    return blocks
+def _get_blocks(model: nn.Module, blocks_attrs: tuple[str, ...] | str) -> _Blocks:
+    return _Blocks(model, blocks_attrs)
 
 
 def _reject_builtin_checkpointing(model: nn.Module) -> None:
@@ -209,7 +237,7 @@ def _reject_builtin_checkpointing(model: nn.Module) -> None:
 
 
 def profile_activations(
-    model: nn.Module, forward_fn: Callable[[], Any], *, blocks_attr: str = DEFAULT_BLOCKS_ATTR
+    model: nn.Module, forward_fn: Callable[[], Any], *, blocks_attrs: tuple[str, ...] = DEFAULT_BLOCKS_ATTRS
 ) -> ActivationProfile:
     """Run ``forward_fn`` once (grad enabled, no backward) and record what each block saves.
 
@@ -217,7 +245,7 @@ def profile_activations(
     the output, which is dropped). Already-wrapped blocks are measured bare.
     """
     _reject_builtin_checkpointing(model)
-    blocks = _get_blocks(model, blocks_attr)
+    blocks = _get_blocks(model, blocks_attrs)
     ledger = _SavedTensorLedger(num_regions=len(blocks))
     inputs: list[set[int]] = [set() for _ in blocks]
 
@@ -272,14 +300,14 @@ def blocks_for_fraction(depth: int, fraction: float) -> int:
 
 
 def wrap_blocks(
-    model: nn.Module, indices: Iterable[int], *, blocks_attr: str = DEFAULT_BLOCKS_ATTR
+    model: nn.Module, indices: Iterable[int], *, blocks_attrs: tuple[str, ...] = DEFAULT_BLOCKS_ATTRS
 ) -> list[int]:
-    """Wrap ``model.<blocks_attr>[i]`` for each index with a non-reentrant checkpoint wrapper, in place.
+    """Wrap block ``i`` of ``blocks_attrs`` for each index with a non-reentrant checkpoint wrapper, in place.
 
     Idempotent: blocks already wrapped are left alone. A model whose wrapped blocks differ from
     ``indices`` is rejected rather than half-changed (policies never unwrap blocks).
     """
-    blocks = _get_blocks(model, blocks_attr)
+    blocks = _get_blocks(model, blocks_attrs)
     chosen = sorted(set(indices))
     if chosen and not 0 <= chosen[0] <= chosen[-1] < len(blocks):
         raise ValueError(f"block indices {chosen} out of range for {len(blocks)} blocks")
@@ -301,10 +329,10 @@ def wrap_blocks(
 class NoCheckpointing:
     """Keep every activation: nothing is recomputed."""
 
-    blocks_attr: str = DEFAULT_BLOCKS_ATTR
+    blocks_attrs: tuple[str, ...] = DEFAULT_BLOCKS_ATTRS
 
     def apply(self, model: nn.Module) -> list[int]:
-        return wrap_blocks(model, [], blocks_attr=self.blocks_attr)
+        return wrap_blocks(model, [], blocks_attrs=self.blocks_attrs)
 
 
 @dataclass
@@ -313,7 +341,7 @@ class SelectiveCheckpointing:
 
     num_blocks: int | None = None
     fraction: float | None = None
-    blocks_attr: str = DEFAULT_BLOCKS_ATTR
+    blocks_attrs: tuple[str, ...] = DEFAULT_BLOCKS_ATTRS
 
     def __post_init__(self) -> None:
         if (self.num_blocks is None) == (self.fraction is None):
@@ -330,8 +358,8 @@ class SelectiveCheckpointing:
         return spread_indices(depth, count)
 
     def apply(self, model: nn.Module) -> list[int]:
-        depth = len(_get_blocks(model, self.blocks_attr))
-        return wrap_blocks(model, self.choose(depth), blocks_attr=self.blocks_attr)
+        depth = len(_get_blocks(model, self.blocks_attrs))
+        return wrap_blocks(model, self.choose(depth), blocks_attrs=self.blocks_attrs)
 
 
 def _candidate(savings: list[int], count: int) -> list[int]:
@@ -375,7 +403,7 @@ class AutoCheckpointing:
     budget_bytes: int
     probe: Callable[[], Any] | None = None
     profile: ActivationProfile | None = None
-    blocks_attr: str = DEFAULT_BLOCKS_ATTR
+    blocks_attrs: tuple[str, ...] = DEFAULT_BLOCKS_ATTRS
     predicted_bytes: int | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -386,13 +414,13 @@ class AutoCheckpointing:
 
     def apply(self, model: nn.Module) -> list[int]:
         if self.profile is None:
-            self.profile = profile_activations(model, self.probe, blocks_attr=self.blocks_attr)
-        depth = len(_get_blocks(model, self.blocks_attr))
+            self.profile = profile_activations(model, self.probe, blocks_attrs=self.blocks_attrs)
+        depth = len(_get_blocks(model, self.blocks_attrs))
         if self.profile.num_blocks != depth:
             raise ValueError(f"the profile covers {self.profile.num_blocks} blocks, the model has {depth}")
         chosen = choose_blocks_for_budget(self.profile, self.budget_bytes)
         self.predicted_bytes = self.profile.predict(chosen)
-        return wrap_blocks(model, chosen, blocks_attr=self.blocks_attr)
+        return wrap_blocks(model, chosen, blocks_attrs=self.blocks_attrs)
 
 
 def resolve_policy(
@@ -401,7 +429,7 @@ def resolve_policy(
     budget_bytes: int | None = None,
     example_forward: Callable[[], Any] | None = None,
     profile: ActivationProfile | None = None,
-    blocks_attr: str = DEFAULT_BLOCKS_ATTR,
+    blocks_attrs: tuple[str, ...] = DEFAULT_BLOCKS_ATTRS,
 ) -> CheckpointPolicy:
     """Parse a CLI value: ``none``, ``all``, a block count (``4``), a fraction (``0.5``) or ``auto``.
 
@@ -412,19 +440,19 @@ def resolve_policy(
     """
     text = spec.strip().lower()
     if text == "none":
-        return NoCheckpointing(blocks_attr=blocks_attr)
+        return NoCheckpointing(blocks_attrs=blocks_attrs)
     if text == "all":
-        return SelectiveCheckpointing(fraction=1.0, blocks_attr=blocks_attr)
+        return SelectiveCheckpointing(fraction=1.0, blocks_attrs=blocks_attrs)
     if text == "auto":
         if budget_bytes is None or (example_forward is None and profile is None):
             raise ValueError(
                 "activation checkpointing 'auto' needs a memory budget and an example forward or profile"
             )
         if profile is not None:
-            return AutoCheckpointing(budget_bytes, profile=profile, blocks_attr=blocks_attr)
-        return AutoCheckpointing(budget_bytes, probe=example_forward, blocks_attr=blocks_attr)
+            return AutoCheckpointing(budget_bytes, profile=profile, blocks_attrs=blocks_attrs)
+        return AutoCheckpointing(budget_bytes, probe=example_forward, blocks_attrs=blocks_attrs)
     if text.isdigit():
-        return SelectiveCheckpointing(num_blocks=int(text), blocks_attr=blocks_attr)
+        return SelectiveCheckpointing(num_blocks=int(text), blocks_attrs=blocks_attrs)
     try:
         fraction = float(text)
     except ValueError:
@@ -434,7 +462,7 @@ def resolve_policy(
             f"activation checkpointing {spec!r} not understood: use none, all, auto, a block count "
             "such as 4, or a fraction in [0, 1] such as 0.5"
         )
-    return SelectiveCheckpointing(fraction=fraction, blocks_attr=blocks_attr)
+    return SelectiveCheckpointing(fraction=fraction, blocks_attrs=blocks_attrs)
 
 
 def extrapolate_profile(probe: ActivationProfile, depth: int) -> ActivationProfile:

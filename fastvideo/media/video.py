@@ -1,4 +1,4 @@
-"""Video and image decoding for preprocessing: frame sampling, colour conversion, resize and crop.
+"""Video and image decoding (preprocessing, sampling, the tools): frame sampling, colour, resize, crop.
 
 ``load_media`` turns one file into a ``Clip``: a float32 tensor ``[3, F, H, W]`` in ``[-1, 1]`` plus the
 source frame rate, notes about conversions worth reporting and how many frames were decoded. Files that

@@ -11,7 +11,7 @@ from diffusers.models.attention_processor import MochiAttnProcessor2_0
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 
 from fastvideo.models.tiny import TINY_MOCHI_DIT
-from fastvideo.parallel.checkpointing import (
+from fastvideo.parallel.activation_checkpointing import (
     ActivationProfile,
     AutoCheckpointing,
     NoCheckpointing,

@@ -1,0 +1,166 @@
+"""Wan 2.1 / 2.2 adapter: loads a diffusers-layout ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers`` directory (or the
+embedded tiny one).
+
+Layout: ``transformer/``, ``vae/``, ``text_encoder/`` (UMT5), ``tokenizer/``, ``scheduler/``,
+``model_index.json``. Text is encoded by ``WanPipeline``'s own prompt encoder (512 tokens; the
+embedding is zero past each prompt's length, and the DiT takes no mask), so the conditioning record
+is ``{"prompt_embeds": [B, 512, D]}``. The unconditional input is the encoded empty prompt, as
+``WanPipeline`` samples and Wan's trainers drop captions to.
+
+Latents are normalised as ``WanPipeline`` un-normalises them before decoding:
+``(z - latents_mean) / latents_std`` per channel, from the VAE config. Time runs forward: the DiT
+sees ``1000 * sigma`` and predicts the flow velocity ``noise - x0`` itself. The default schedule is
+``FlowMatchEulerDiscreteScheduler`` with the folder's flow shift (``flow_shift`` of its UniPC
+scheduler config, or ``shift``), so Euler sampling here equals ``WanPipeline`` with that scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import torch
+from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+from transformers import AutoTokenizer, UMT5EncoderModel
+
+from fastvideo.models.base import Condition, ModelAdapter, SamplingDefaults, VideoRules
+
+DEFAULT_FLOW_SHIFT = 3.0  # Wan 2.1 at 480p (the 1.3B model's scheduler config)
+# (diffusers' sub-module, its projection) -> the original checkpoint's name (what ComfyUI loads).
+WAN_COMFYUI_NAMES = {
+    **{(attn, proj): f"{prefix}.{short}"
+       for attn, prefix in (("attn1", "self_attn"), ("attn2", "cross_attn"))
+       for proj, short in (("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "o"))},
+    ("attn2", "add_k_proj"): "cross_attn.k_img",
+    ("attn2", "add_v_proj"): "cross_attn.v_img",
+    ("ffn", "net.0.proj"): "ffn.0",
+    ("ffn", "net.2"): "ffn.2",
+}  # fmt: skip
+
+
+class WanAdapter(ModelAdapter):
+    family = "wan"
+    rules = VideoRules(temporal_factor=4, spatial_factor=8, patch_size=2, temporal_patch=1)
+    max_text_tokens = 512
+    condition_keys = ("prompt_embeds",)
+    block_lists = ("blocks",)
+    # Self- and cross-attention projections (the targets of diffusers' and finetrainers' Wan LoRAs).
+    lora_targets = "to_q,to_k,to_v,to_out.0"
+    pipeline_class_name = "WanPipeline"
+    sampling = SamplingDefaults(num_inference_steps=50, guidance_scale=5.0, fps=16.0)
+
+    def __init__(self, model_path, *, device="cpu", dtype=torch.float32, vae_tiling: bool = False):
+        super().__init__(model_path, device=device, dtype=dtype)
+        self.vae_tiling = vae_tiling
+
+    # --- VAE -------------------------------------------------------------------------------------
+    @property
+    def latent_channels(self) -> int:
+        """The VAE's ``z_dim`` (16 for Wan 2.1; the folder says, so a smaller tiny VAE works too)."""
+        config = self.model_path / "vae" / "config.json"
+        return json.loads(config.read_text()).get("z_dim", 16) if config.is_file() else 16
+
+    def load_vae(self) -> AutoencoderKLWan:
+        # Wan's VAE runs in float32 in WanPipeline's examples; bf16 costs it visible quality.
+        vae = AutoencoderKLWan.from_pretrained(self.model_path, subfolder="vae", torch_dtype=torch.float32)
+        if self.vae_tiling:
+            vae.enable_tiling()
+        return vae.to(self.device).eval().requires_grad_(False)
+
+    def _latent_stats(self, vae: AutoencoderKLWan, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (1, vae.config.z_dim, 1, 1, 1)
+        mean = torch.tensor(vae.config.latents_mean).view(shape).to(like.device, like.dtype)
+        std = torch.tensor(vae.config.latents_std).view(shape).to(like.device, like.dtype)
+        return mean, std
+
+    @torch.no_grad()
+    def encode_video(self, vae: AutoencoderKLWan, video: torch.Tensor) -> torch.Tensor:
+        video = video.to(self.device, vae.dtype)
+        # The posterior mean, so preprocessing is deterministic (as for Mochi).
+        latents = vae.encode(video).latent_dist.mode().float()
+        mean, std = self._latent_stats(vae, latents)
+        return (latents - mean) / std
+
+    @torch.no_grad()
+    def decode_latents(self, vae: AutoencoderKLWan, latents: torch.Tensor) -> torch.Tensor:
+        latents = latents.to(self.device, torch.float32)
+        mean, std = self._latent_stats(vae, latents)
+        latents = latents * std + mean
+        return vae.decode(latents.to(vae.dtype), return_dict=False)[0].float().clamp(-1, 1)
+
+    # --- transformer -----------------------------------------------------------------------------
+    def transformer_class(self) -> type[WanTransformer3DModel]:
+        return WanTransformer3DModel
+
+    def init_buffers(self, transformer: WanTransformer3DModel) -> None:
+        # The RoPE tables are non-persistent buffers: a meta-device build leaves them empty.
+        rope = transformer.rope
+        with torch.device("cpu"):
+            fresh = WanRotaryPosEmbed(rope.attention_head_dim, rope.patch_size, rope.max_seq_len)
+        device = next(transformer.parameters()).device
+        device = torch.device("cpu") if device.type == "meta" else device
+        rope.freqs_cos = fresh.freqs_cos.to(device)
+        rope.freqs_sin = fresh.freqs_sin.to(device)
+
+    def set_attention(self, transformer, sp_group=None, backend: str = "sdpa") -> None:
+        from fastvideo.models.wan_sp import configure_wan_attention, enable_wan_sequence_parallel
+
+        if sp_group is None:
+            configure_wan_attention(transformer, backend)
+        else:
+            enable_wan_sequence_parallel(transformer, sp_group, backend)
+
+    def predict_velocity(self, transformer, noisy_latents, sigmas, cond: Condition):
+        # Forward time: the DiT sees 1000 * sigma (FlowMatchEulerDiscreteScheduler's timesteps) and
+        # predicts the velocity noise - x0 itself.
+        return transformer(
+            hidden_states=noisy_latents,
+            timestep=sigmas * 1000.0,
+            encoder_hidden_states=cond["prompt_embeds"],
+            encoder_hidden_states_image=cond.get("image_embeds"),
+            return_dict=False,
+        )[0]
+
+    def flow_shift(self) -> float:
+        config = self.model_path / "scheduler" / "scheduler_config.json"
+        values = json.loads(config.read_text()) if config.is_file() else {}
+        return float(values.get("flow_shift") or values.get("shift") or DEFAULT_FLOW_SHIFT)
+
+    def default_sigmas(self, num_steps: int) -> torch.Tensor:
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=self.flow_shift())
+        scheduler.set_timesteps(num_steps)
+        return scheduler.sigmas.to(torch.float32)
+
+    def comfyui_module(self, name: str) -> str:
+        # diffusers' attn1/attn2 are Wan's self_attn/cross_attn, to_q/k/v/out.0 its q/k/v/o, ffn.net.0.proj
+        # and ffn.net.2 its ffn.0 and ffn.2: the names of the original checkpoint that ComfyUI loads.
+        parts = re.fullmatch(r"blocks\.(\d+)\.(attn1|attn2|ffn)\.(.+)", name)
+        renamed = parts and WAN_COMFYUI_NAMES.get((parts[2], parts[3]))
+        if not renamed:
+            raise ValueError(f"no ComfyUI name for Wan module {name!r}")
+        return f"blocks.{parts[1]}.{renamed}"
+
+    def pcm_schedule(self) -> dict:
+        return {"schedule": "shift", "shift": self.flow_shift()}
+
+    # --- text ------------------------------------------------------------------------------------
+    def text_classes(self) -> tuple[type, type]:
+        return AutoTokenizer, UMT5EncoderModel
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> Condition:
+        embeds = self.text_pipeline()._get_t5_prompt_embeds(
+            prompt=prompts, max_sequence_length=self.max_text_tokens, device=self.device, dtype=torch.float32
+        )
+        return {"prompt_embeds": embeds}
+
+    def null_condition(self, like: Condition, empty: Condition | None = None) -> Condition:
+        if empty is None:
+            raise ValueError(
+                "Wan's unconditional input is the encoded empty prompt, and this dataset does not hold it; "
+                "re-run `bash scripts/finetune_data_gen.sh` (it writes null_condition.pt)"
+            )
+        batch = like["prompt_embeds"].shape[0]
+        device = like["prompt_embeds"].device
+        return {k: v.to(device, like[k].dtype).expand(batch, *v.shape).clone() for k, v in empty.items()}

@@ -164,9 +164,6 @@ class ModelAdapter(abc.ABC):
         """Every repeated block, list after list: the unit of FSDP sharding and activation checkpointing."""
         return [block for name in self.block_lists for block in getattr(transformer, name)]
 
-    def num_attention_heads(self, transformer: torch.nn.Module) -> int:
-        return transformer.config.num_attention_heads
-
     @abc.abstractmethod
     def transformer_class(self) -> type[torch.nn.Module]: ...
 

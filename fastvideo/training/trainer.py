@@ -45,6 +45,7 @@ from fastvideo.io import atomic_write_json
 from fastvideo.lock import FolderLock, lock_on_main
 from fastvideo.models import Condition, ModelAdapter, get_adapter_class
 from fastvideo.models.attention import resolve_backend
+from fastvideo.models.base import OBJECTIVES
 from fastvideo.parallel.activation_checkpointing import (
     extrapolate_profile,
     profile_activations,
@@ -128,7 +129,7 @@ class Trainer:
         self.adapter: ModelAdapter = get_adapter_class(cfg.model_type)(
             cfg.model_path, device=self.dist.device
         )
-        if self.adapter.objective != "flow_velocity":
+        if self.adapter.objective not in OBJECTIVES:
             raise ValueError(
                 f"{cfg.model_type} trains with {self.adapter.objective}, which fastvideo does not implement yet"
             )

@@ -28,9 +28,9 @@ The weights start from an autoencoder that already passes colour (``init_colour_
 without it every colour decodes as one tan; ``init_wan_paths`` for Wan: without it every shape
 vanishes into the background). Mochi's encoder learns at ``--encoder_lr_scale`` (0.1) x ``--lr``,
 so that path survives its GroupNorms while the decoder learns shapes; Wan's RMS norms keep colour,
-and its encoder learns at the full rate (with 0.1 it also had to learn motion and detail slowly:
-25.5 dB held-out after 450 steps where 1.0 gave 26.0). AdamW, linear warm-up then cosine decay, gradient
-norm clipped to 1; the held-out PSNR is printed every ``--eval_every`` steps. Full frames, not
+and its encoder learns at the full rate (from a start without latents 3-5's moments, 0.1 gave
+25.5 dB held-out after 450 steps where 1.0 gave 26.0). AdamW, linear warm-up then cosine decay,
+gradient norm clipped to 1; the held-out PSNR is printed every ``--eval_every`` steps. Full frames, not
 crops: Mochi's GroupNorm normalises each frame over its whole area (and Wan's middle blocks attend
 across it), so crops would see other statistics than preprocessing's frames. Per frame and step,
 19-frame windows cost far less than 7-frame ones (per-call overheads), so 19 frames give the most
@@ -151,7 +151,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         "--encoder_lr_scale",
         type=float,
         default=d["encoder_lr_scale"],
-        help="the encoder learns at lr x this, so its colour path (see init_colour_paths, init_wan_paths) stays while the decoder learns",
+        help="the encoder learns at lr x this (Mochi: 0.1, so its colour path, see init_colour_paths, "
+        "stays while the decoder learns)",
     )
     parser.add_argument("--warmup_steps", type=int, default=50)
     parser.add_argument("--weight_decay", type=float, default=1e-2)
@@ -245,8 +246,14 @@ def init_colour_paths(vae: AutoencoderKLMochi) -> None:
 
 # init_wan_paths: stream channels that carry R, G and B, and one held at WAN_ONE (a bias for the RMS norms).
 WAN_RGB, WAN_ONE_CHANNEL, WAN_ONE = (0, 1, 2), 3, 8.0
+# Encoder channels 4-6 (then latents 3-5) start as where the picture's brightness lies within each
+# cell: right minus left, bottom minus top, later minus earlier, added up over the down-sampling
+# steps at WAN_MOMENT each (see init_wan_resample).
+WAN_DX, WAN_DY, WAN_DT, WAN_MOMENT = 4, 5, 6, 0.1
 # Colour enters each head's SiLU at about WAN_SIGNAL x its value, where SiLU is close to linear.
 WAN_SIGNAL = 0.05
+# The decoder's start takes latents 3-15 in at this gain (see init_wan_paths).
+WAN_CARRY = 0.1
 
 
 def _identity_taps(
@@ -279,6 +286,13 @@ def init_wan_paths(vae: AutoencoderKLWan) -> None:
     zero, and the chain carries R, G, B along channels 0-2: the encoder averages them over 2x2
     pixels per spatial step and 2 frames per temporal step into latents 0-2, the decoder repeats
     them back up (both copies of each temporal up-sampling) and reads R, G, B off channels 0-2.
+    The chain passes every other channel the same way (the decoder takes latents 3-15 in at
+    ``WAN_CARRY``): what a residual branch learns to put in a channel reaches the levels after it
+    from the first step, where a zeroed chain would leave it, and the gradient back to it, at zero.
+    Encoder channels 4-6 also gather, at each down-sampling step, the brightness difference
+    between the right and left (bottom and top, later and earlier) halves, so latents 3-5 say where
+    within its cell and chunk a shape sits: without them the decoder snapped shapes to whole
+    8-pixel cells (a slow shape jumped once a cell).
     Wan's RMS norms scale each pixel's channel vector to a fixed length, which alone would lose
     brightness; channel 3 is held at ``WAN_ONE`` beside the colour, so that length barely depends on
     the colour and the norm is close to a constant gain. Each head then feeds colour at about
@@ -290,7 +304,7 @@ def init_wan_paths(vae: AutoencoderKLWan) -> None:
             _zero(module.conv2)
             if isinstance(module.conv_shortcut, WanCausalConv3d):
                 _zero(module.conv_shortcut)
-                _identity_taps(module.conv_shortcut.weight, WAN_RGB + (WAN_ONE_CHANNEL,), (0, 0, 0))
+                _identity_taps(module.conv_shortcut.weight, _shared_channels(module.conv_shortcut), (0, 0, 0))
         elif isinstance(module, WanAttentionBlock):
             _zero(module.proj)
         elif isinstance(module, WanResample):
@@ -309,23 +323,39 @@ def init_wan_paths(vae: AutoencoderKLWan) -> None:
         if part is vae.encoder:
             # Means 3-15 keep diffusers' random start: nothing but a linear chain joins them to the
             # decoder, so at zero they would stay zero for good. Log-variances start at 0.
-            _zero_rows(part.conv_out, [*WAN_RGB, *range(vae.config.z_dim, 2 * vae.config.z_dim)])
+            moments = (WAN_DX, WAN_DY, WAN_DT)
+            _zero_rows(
+                part.conv_out, [*WAN_RGB, *range(3, 6), *range(vae.config.z_dim, 2 * vae.config.z_dim)]
+            )
+            part.norm_out.gamma[list(moments)] = WAN_SIGNAL * gain
+            for latent, channel in zip(range(3, 6), moments, strict=True):
+                part.conv_out.weight[(latent, channel, *current)] = 2.0 / WAN_SIGNAL
         else:
             _zero(part.conv_out)
         _identity_taps(part.conv_out.weight, WAN_RGB, current, 2.0 / WAN_SIGNAL)
     _identity_taps(vae.encoder.conv_in.weight, WAN_RGB, current)  # input channels 0-2 are the pixels
     _identity_taps(vae.decoder.conv_in.weight, WAN_RGB, current)  # latents 0-2 carry the colour
+    # Latents 3-15 go on beside them in channels 4-16, weakly, so they barely move the RMS norms.
+    for latent in range(len(WAN_RGB), vae.config.z_dim):
+        vae.decoder.conv_in.weight[(latent + 1, latent, *current)] = WAN_CARRY
+
+
+def _shared_channels(conv: torch.nn.Module) -> range:
+    return range(min(conv.weight.shape[0], conv.weight.shape[1]))
 
 
 def init_wan_resample(resample: WanResample) -> None:
     """Down-sampling averages 2x2 pixels (and 2 frames); up-sampling repeats them (into both frames)."""
-    channels = WAN_RGB + (WAN_ONE_CHANNEL,)
+    channels = _shared_channels(resample.resample[1])
     if resample.mode in ("downsample2d", "downsample3d"):
         conv = resample.resample[1]  # after a zero pad on the right and bottom: taps 0-1 stay inside
         _zero(conv)
         for dy in range(2):
             for dx in range(2):
                 _identity_taps(conv.weight, channels, (dy, dx), 0.25)
+                # Brightness (R + G + B) right of / below the middle counts +, left / above -.
+                conv.weight[WAN_DX, list(WAN_RGB), dy, dx] += WAN_MOMENT * (dx - 0.5) / 2
+                conv.weight[WAN_DY, list(WAN_RGB), dy, dx] += WAN_MOMENT * (dy - 0.5) / 2
     elif resample.mode in ("upsample2d", "upsample3d"):
         conv = resample.resample[1]  # after a nearest-neighbour up-sampling
         _zero(conv)
@@ -336,6 +366,7 @@ def init_wan_resample(resample: WanResample) -> None:
         _zero(resample.time_conv)
         for tap in (1, 2):
             _identity_taps(resample.time_conv.weight, channels, (tap, 0, 0), 0.5)
+            resample.time_conv.weight[WAN_DT, list(WAN_RGB), tap, 0, 0] += WAN_MOMENT * (tap - 1.5)
     elif resample.mode == "upsample3d":
         # Output channels [0, dim) make the first frame of each pair, [dim, 2 dim) the second.
         _zero(resample.time_conv)
@@ -389,7 +420,7 @@ def decode_for_training(vae, latents: torch.Tensor) -> torch.Tensor:
 
 
 def optimizer_groups(vae, s: Settings) -> list[dict]:
-    """The decoder (with post_quant_conv, if any) at ``s.lr``, everything else at ``s.lr * s.encoder_lr_scale``."""
+    """The decoder (and post_quant_conv, if any) at ``s.lr``, the rest at ``s.lr * s.encoder_lr_scale``."""
     decoder = ("decoder.", "post_quant_conv.")
     named = list(vae.named_parameters())
     return [

@@ -64,7 +64,7 @@ def main() -> None:
     if model == REPO / "data" / "tiny-mochi":
         build_tiny("mochi", model)
     folder = Path(tempfile.mkdtemp(prefix="bench-sample-"))
-    write_pipeline_folder(folder, model, PCMFlowScheduler(), link_transformer=True)
+    write_pipeline_folder(folder, model, PCMFlowScheduler(), trained="")
 
     configs = {
         "euler 64 steps, guidance 4.5, SP=1": (

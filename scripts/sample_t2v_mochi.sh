@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sample text-to-video (Mochi, or MODEL_TYPE=wan) through torchrun (sequence parallel over NUM_GPUS ranks).
+# Sample text-to-video (Mochi, or MODEL_TYPE=wan) through torchrun (sequence parallel over NUM_GPUS ranks);
+# an image-to-video folder (Wan 2.1 I2V) takes the first frame from IMAGE=path/to/image.png.
 # Settings are environment variables with defaults; extra arguments pass through
 # (see `python fastvideo/sample/sample_t2v.py --help`), e.g. --negative_prompt "blurry" --seeds 0,1.
 #
@@ -29,6 +30,6 @@ source scripts/launch.sh
 CMD=("${LAUNCH[@]}" fastvideo/sample/sample_t2v.py --model_type "$MODEL_TYPE"
   --model_path "$MODEL_PATH" --prompt_path "$PROMPT_PATH" --output_path "$OUTPUT_PATH" --num_frames "$NUM_FRAMES"
   --height "$HEIGHT" --width "$WIDTH" --num_inference_steps "$NUM_INFERENCE_STEPS" --scheduler_type "$SCHEDULER_TYPE"
-  --seed "$SEED" ${GUIDANCE_SCALE:+--guidance_scale "$GUIDANCE_SCALE"} "$@")
+  --seed "$SEED" ${GUIDANCE_SCALE:+--guidance_scale "$GUIDANCE_SCALE"} ${IMAGE:+--image "$IMAGE"} "$@")
 echo "+ ${CMD[*]}"
 exec "${CMD[@]}"

@@ -26,6 +26,22 @@ def tiny_wan(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_wan_a14b(tmp_path_factory) -> Path:
+    """Wan 2.2 A14B's layout at tiny size: two noise-level experts (boundary 0.875, flow shift 12)."""
+    from fastvideo.models.tiny import build_tiny
+
+    return build_tiny("wan", tmp_path_factory.mktemp("models") / "tiny-wan-a14b", seed=0, variant="a14b")
+
+
+@pytest.fixture(scope="session")
+def tiny_wan_i2v(tmp_path_factory) -> Path:
+    """Wan 2.1 image-to-video's layout at tiny size (WanImageToVideoPipeline, a tiny CLIP vision tower)."""
+    from fastvideo.models.tiny import build_tiny
+
+    return build_tiny("wan", tmp_path_factory.mktemp("models") / "tiny-wan-i2v", seed=0, variant="i2v")
+
+
+@pytest.fixture(scope="session")
 def synthetic(tmp_path_factory):
     from fastvideo.data_preprocess.synthetic import make_synthetic_dataset
 
@@ -82,3 +98,11 @@ def ref_b2(tmp_path_factory, tiny_mochi, processed) -> Path:
     out = tmp_path_factory.mktemp("ref_b2") / "run"
     run(TRAIN, out, tiny_mochi, processed, *B2, "--max_train_steps", STEPS, "--train_batch_size", 2)
     return out
+
+
+@pytest.fixture(scope="session")
+def processed_wan_i2v(tmp_path_factory, tiny_wan_i2v, synthetic) -> Path:
+    """The synthetic set preprocessed for the tiny Wan image-to-video: the Wan record plus each clip's
+    first-frame conditioning (image_embeds [17, 32], image_latents [16, 4, 4, 6])."""
+    out = tmp_path_factory.mktemp("processed_wan_i2v") / "data"
+    return preprocess_synthetic("wan", tiny_wan_i2v, synthetic, out)

@@ -22,12 +22,16 @@ from fastvideo.models.tiny import main as tiny_main
 from fastvideo.models.wan import WanAdapter
 
 FAMILIES = ("mochi", "wan")
+# (model type, variant, fixture): every tiny model, the families' defaults and Wan's other layouts.
+TINY_MODELS = [("mochi", "", "tiny_mochi"), ("wan", "", "tiny_wan"), ("wan", "a14b", "tiny_wan_a14b"),
+               ("wan", "i2v", "tiny_wan_i2v")]  # fmt: skip
 
 
-@pytest.fixture(params=FAMILIES)
+@pytest.fixture(params=TINY_MODELS, ids=lambda p: p[2])
 def tiny_model(request):
-    """(model_type, folder) of each embedded tiny model, built once per session."""
-    return request.param, request.getfixturevalue(f"tiny_{request.param}")
+    """(model_type, variant, folder) of each embedded tiny model, built once per session."""
+    model_type, variant, fixture = request.param
+    return model_type, variant, request.getfixturevalue(fixture)
 
 
 def _digest(folder) -> dict[str, str]:
@@ -39,10 +43,10 @@ def _digest(folder) -> dict[str, str]:
 
 
 def test_tiny_build_is_deterministic(tiny_model, tmp_path):
-    model_type, built = tiny_model
-    again = build_tiny(model_type, tmp_path / "again", seed=0)
+    model_type, variant, built = tiny_model
+    again = build_tiny(model_type, tmp_path / "again", seed=0, variant=variant)
     assert _digest(again) == _digest(built)
-    other = build_tiny(model_type, tmp_path / "other", seed=1)
+    other = build_tiny(model_type, tmp_path / "other", seed=1, variant=variant)
     assert (
         _digest(other)["transformer/diffusion_pytorch_model.safetensors"]
         != _digest(built)["transformer/diffusion_pytorch_model.safetensors"]
@@ -50,12 +54,17 @@ def test_tiny_build_is_deterministic(tiny_model, tmp_path):
 
 
 def test_tiny_has_diffusers_layout(tiny_model):
-    model_type, built = tiny_model
-    for sub in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"):
+    model_type, variant, built = tiny_model
+    extra = {"": (), "a14b": ("transformer_2",), "i2v": ("image_encoder", "image_processor")}[variant]
+    for sub in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler", *extra):
         assert (built / sub).is_dir(), sub
     index = json.loads((built / "model_index.json").read_text())
-    assert index["_class_name"] == get_adapter_class(model_type).pipeline_class_name
-    assert json.loads((built / TINY_MARKER).read_text())["model_type"] == model_type
+    adapter = get_adapter_class(model_type)(built)
+    assert index["_class_name"] == adapter.pipeline_class_name
+    assert adapter.image_to_video == (variant == "i2v")
+    assert (adapter.boundary_ratio() is not None) == (variant == "a14b")
+    marker = json.loads((built / TINY_MARKER).read_text())
+    assert (marker["model_type"], marker.get("variant", "")) == (model_type, variant)
 
 
 def test_diffusers_mochi_pipeline_generates_from_tiny(tiny_mochi):

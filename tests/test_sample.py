@@ -72,14 +72,52 @@ def test_euler_equals_diffusers_pipeline(request, samplers, family, cfg):
     assert relative_error(got, expected) < 1e-4
 
 
+def test_two_experts_sample_like_wan_pipeline(tiny_wan_a14b):
+    """Wan 2.2 A14B's layout: the sampler switches from transformer/ to transformer_2/ where WanPipeline
+    does (timestep below boundary_ratio * 1000), and the switch matters."""
+    sampler = Sampler(SampleConfig(model_type="wan", model_path=str(tiny_wan_a14b)))
+    request = Request(PROMPT, seed=3, num_inference_steps=4, guidance_scale=4.0, **SMALL)
+    timesteps = sampler.adapter.default_sigmas(4)[:-1] * 1000
+    assert (timesteps >= 875).any() and (timesteps < 875).any()  # both experts take steps
+    got = sampler.generate(request)
+    expected = diffusers_latents(tiny_wan_a14b, steps=4, guidance=4.0, seed=3, family="wan")
+    assert relative_error(got, expected) < 1e-4
+    sampler.transformer = sampler.transformer.high  # the high-noise expert alone samples something else
+    assert relative_error(sampler.generate(request), expected) > 0.05
+
+
+def test_image_to_video_samples_like_wan_i2v_pipeline(tmp_path, tiny_wan_i2v, tiny_wan):
+    """An image-to-video folder samples from --image (of another size: both resize it) exactly as
+    WanImageToVideoPipeline does, guidance included; a text-to-video folder refuses --image and an
+    image-to-video one needs it."""
+    import numpy as np
+    from diffusers import WanImageToVideoPipeline
+    from PIL import Image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "first.png")
+    sampler = Sampler(SampleConfig(model_type="wan", model_path=str(tiny_wan_i2v)))
+    request = Request(PROMPT, seed=3, num_inference_steps=3, guidance_scale=3.0, image=str(tmp_path / "first.png"),
+                      **SMALL)  # fmt: skip
+    got = sampler.generate(request)
+    pipe = WanImageToVideoPipeline.from_pretrained(tiny_wan_i2v)
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(shift=pipe.scheduler.config.flow_shift)
+    expected = pipe(image=Image.fromarray(pixels), prompt=PROMPT, negative_prompt="", guidance_scale=3.0,
+                    num_inference_steps=3, generator=torch.Generator("cpu").manual_seed(3), output_type="latent",
+                    **SMALL).frames  # fmt: skip
+    assert got.shape == (1, 16, 4, 4, 6) and relative_error(got, expected) < 1e-4
+    with pytest.raises(ValueError, match="image-to-video model: give the first frame"):
+        sampler.generate(Request(PROMPT, num_inference_steps=2, **SMALL))
+    text_only = Sampler(SampleConfig(model_type="wan", model_path=str(tiny_wan)))
+    with pytest.raises(ValueError, match="text-to-video model: it takes no --image"):
+        text_only.generate(Request(PROMPT, num_inference_steps=2, image=str(tmp_path / "first.png"), **SMALL))
+
+
 def test_pcm_folder_is_sampled_on_its_grid_like_diffusers(tmp_path, tiny_mochi):
     folder = tmp_path / "distilled"
     folder.mkdir()
     assert (
-        write_pipeline_folder(
-            folder, tiny_mochi, PCMFlowScheduler(num_euler_timesteps=10), link_transformer=True
-        )
-        == []
+        write_pipeline_folder(folder, tiny_mochi, PCMFlowScheduler(num_euler_timesteps=10), trained="") == []
     )
     pcm = Sampler(SampleConfig(model_path=str(folder)))
     kind, sigmas, guidance = pcm.resolve(Request(PROMPT, num_inference_steps=4))

@@ -97,7 +97,7 @@ def write_model_folder(root: Path, config: dict) -> Path:
 def write_dataset(root: Path, shape: tuple[int, ...], text: tuple[int, int], items: int = 2) -> Path:
     """A preprocessed folder of random latents [C, T, h, w] and embeddings [L, D] (all tokens valid)."""
     g = torch.Generator().manual_seed(0)
-    fields = [LATENTS, *condition_fields(MochiAdapter.condition_keys)]
+    fields = [LATENTS, *condition_fields(MochiAdapter.text_condition_keys)]
     records = []
     for i in range(items):
         name = f"item{i}"

@@ -159,7 +159,7 @@ class PreprocessConfig:
 
 def model_fingerprint(model_path: Path) -> str:
     """Changes when the encoders at ``model_path`` change (e.g. a rebuilt tiny model at the same path)."""
-    return component_fingerprint(model_path, ("vae", "text_encoder"))
+    return component_fingerprint(model_path, ("vae", "text_encoder", "image_encoder"))
 
 
 @dataclass
@@ -175,11 +175,13 @@ class RankResult:
 
 
 class Layout:
-    """Paths inside OUTPUT_DIR for one family (:mod:`fastvideo.dataset.layout`)."""
+    """Paths inside OUTPUT_DIR for one model folder (:mod:`fastvideo.dataset.layout`)."""
 
-    def __init__(self, root: str | Path, condition_keys: tuple[str, ...]):
+    def __init__(self, root: str | Path, adapter: ModelAdapter):
         self.root = Path(root)
-        self.conditions = condition_fields(condition_keys)
+        self.conditions = condition_fields(adapter.condition_keys)
+        self.text = condition_fields(adapter.text_condition_keys)
+        self.image = condition_fields(adapter.image_condition_keys)
         self.validation = self.root / VALIDATION_DIR
         self.verify = self.root / "verify"
 
@@ -192,15 +194,19 @@ class Layout:
     def latent_file(self, item: Item) -> Path:
         return item_file(self.root, LATENTS, item.name)
 
-    def condition_files(self, name: str, root: Path | None = None) -> dict[str, Path]:
-        """Where item ``name``'s conditioning tensors go (under ``root``, by default OUTPUT_DIR)."""
-        return {f.name: item_file(root or self.root, f, name) for f in self.conditions}
+    def condition_files(self, name: str, root: Path | None = None, part: str = "all") -> dict[str, Path]:
+        """Where item ``name``'s conditioning tensors go (under ``root``, by default OUTPUT_DIR): ``part``
+        all, text (the text pass's) or image (the VAE pass's, image-to-video)."""
+        fields = {"all": self.conditions, "text": self.text, "image": self.image}[part]
+        return {f.name: item_file(root or self.root, f, name) for f in fields}
 
     def has_latent(self, item: Item) -> bool:
-        return self.latent_file(item).is_file()
+        """The VAE pass's outputs: latents, and for image-to-video the first frame's conditioning."""
+        files = [self.latent_file(item), *self.condition_files(item.name, part="image").values()]
+        return all(p.is_file() for p in files)
 
     def has_text(self, item: Item) -> bool:
-        return all(p.is_file() for p in self.condition_files(item.name).values())
+        return all(p.is_file() for p in self.condition_files(item.name, part="text").values())
 
     def record(self, item: Item) -> dict:
         return record_for(item.name, [LATENTS, *self.conditions])
@@ -242,7 +248,7 @@ def reset_output_dir(cfg: PreprocessConfig) -> None:
     """With --overwrite and changed settings, clear the outputs so nothing stale is reused."""
     import shutil
 
-    layout = Layout(cfg.output_dir, get_adapter_class(cfg.model_type).condition_keys)
+    layout = Layout(cfg.output_dir, get_adapter_class(cfg.model_type)(cfg.model_path))
     path = layout.root / CONFIG_FILE
     if path.is_file() and json.loads(path.read_text()) != cfg.defining():
         for folder in layout.folders:
@@ -267,7 +273,7 @@ def invalidate_changed(items: list[Item], layout: Layout, previous: dict[str, di
         if rec.get("media_signature") != media_signature(item):
             layout.latent_file(item).unlink(missing_ok=True)
         if rec.get("caption") != item.caption:
-            for path in layout.condition_files(item.name).values():
+            for path in layout.condition_files(item.name, part="text").values():
                 path.unlink(missing_ok=True)
 
 
@@ -288,6 +294,8 @@ def vae_pass(cfg, adapter: ModelAdapter, items: list[Item], layout: Layout, dist
     if not todo:
         return
     vae = adapter.load_vae()
+    if adapter.image_to_video:
+        adapter.load_image_encoder()
     spec = cfg.frame_spec()
     for item in progress(todo, dist_info, "VAE encode"):
         try:
@@ -297,9 +305,22 @@ def vae_pass(cfg, adapter: ModelAdapter, items: list[Item], layout: Layout, dist
             continue
         result.notes += [{"item": str(item.media_path), "note": note} for note in clip.notes]
         latents = adapter.encode_video(vae, clip.frames.unsqueeze(0))[0]
+        if adapter.image_to_video:
+            write_first_frame_condition(cfg, adapter, vae, clip.frames, layout, item)
         atomic_torch_save(latents.to(DTYPES[cfg.latent_dtype]).contiguous(), layout.latent_file(item))
         result.done += 1
     del vae
+
+
+def write_first_frame_condition(cfg, adapter: ModelAdapter, vae, frames: torch.Tensor, layout: Layout, item):
+    """Image-to-video: the conditioning of the clip's first frame (as the 8-bit image it was decoded from).
+    The first-frame latents keep --latent_dtype, the CLIP tokens --embed_dtype."""
+    _, num_frames, height, width = frames.shape
+    image = adapter.frame_image(frames[:, 0])
+    cond = adapter.encode_first_frames(vae, [image], num_frames, height, width)
+    for name, path in layout.condition_files(item.name, part="image").items():
+        dtype = DTYPES[cfg.latent_dtype] if name == "image_latents" else DTYPES[cfg.embed_dtype]
+        atomic_torch_save(stored(cond[name][0], dtype), path)
 
 
 def text_pass(cfg, adapter: ModelAdapter, items: list[Item], layout: Layout, dist_info, prompts: list[str]):
@@ -314,7 +335,7 @@ def text_pass(cfg, adapter: ModelAdapter, items: list[Item], layout: Layout, dis
     for batch in progress(batches, dist_info, "Text encode", unit="batch"):
         cond = adapter.encode_prompts([with_id_token(cfg.id_token, it.caption) for it in batch])
         for j, item in enumerate(batch):
-            for name, path in layout.condition_files(item.name).items():
+            for name, path in layout.condition_files(item.name, part="text").items():
                 atomic_torch_save(stored(cond[name][j], embed_dtype), path)
     if prompts:
         write_validation(adapter, [with_id_token(cfg.id_token, p) for p in prompts], layout, embed_dtype)
@@ -334,9 +355,9 @@ def write_validation(adapter: ModelAdapter, prompts: list[str], layout: Layout, 
     cond = adapter.encode_prompts(prompts)
     records = []
     for i, prompt in enumerate(prompts):
-        for name, path in layout.condition_files(str(i), root=layout.validation).items():
+        for name, path in layout.condition_files(str(i), root=layout.validation, part="text").items():
             atomic_torch_save(stored(cond[name][i], embed_dtype), path)
-        records.append({"caption": prompt, **record_for(str(i), layout.conditions)})
+        records.append({"caption": prompt, **record_for(str(i), layout.text)})
     atomic_write_json(records, layout.validation / INDEX_FILE)
 
 
@@ -445,7 +466,13 @@ def run(cfg: PreprocessConfig, dist_info: DistInfo) -> int:
 
 def preprocess(cfg: PreprocessConfig, dist_info: DistInfo) -> int:
     adapter_cls = get_adapter_class(cfg.model_type)
-    layout = Layout(cfg.output_dir, adapter_cls.condition_keys)
+    adapter = adapter_cls(
+        cfg.model_path,
+        device=dist_info.device,
+        dtype=model_dtype(cfg, dist_info.device),
+        vae_tiling=cfg.vae_tiling,
+    )
+    layout = Layout(cfg.output_dir, adapter)
     items, source_skips = collect_items(
         data_merge_path=cfg.data_merge_path,
         data_dir=cfg.data_dir,
@@ -465,12 +492,6 @@ def preprocess(cfg: PreprocessConfig, dist_info: DistInfo) -> int:
 
     started = time.perf_counter()
     mine = items[dist_info.rank :: dist_info.world_size]
-    adapter = adapter_cls(
-        cfg.model_path,
-        device=dist_info.device,
-        dtype=model_dtype(cfg, dist_info.device),
-        vae_tiling=cfg.vae_tiling,
-    )
     result = RankResult()
     vae_pass(cfg, adapter, mine, layout, dist_info, result)
     text_pass(cfg, adapter, mine, layout, dist_info, prompts if dist_info.is_main else [])

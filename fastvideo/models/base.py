@@ -18,6 +18,15 @@ hand it to ``predict_velocity`` untouched. ``condition_keys`` lists the names.
 The unconditional input (caption dropout, classifier-free guidance) is ``null_condition``: Mochi
 trains and samples against a zero embedding with an empty mask (as FastVideo's Mochi and genmo's
 trainer), Wan against the encoded empty prompt, which preprocessing stores once per dataset.
+
+Noise-level experts
+-------------------
+A pipeline folder may hold two DiTs split by noise level (Wan 2.2 A14B): ``transformer/`` denoises
+noise levels ``sigma >= boundary_ratio`` (its timestep ``1000 * sigma`` at or above
+``boundary_ratio * 1000``, as ``WanPipeline`` switches), ``transformer_2/`` the levels below.
+``model_index.json`` says so (``transformer_2`` present, ``boundary_ratio`` set). An adapter made
+with ``expert="high"`` or ``"low"`` works on that one DiT: ``transformer_folder`` names its folder
+and ``sigma_range`` its noise levels; without ``expert`` it is the folder's first DiT.
 """
 
 from __future__ import annotations
@@ -112,6 +121,21 @@ def component_fingerprint(model_path: str | Path, components: tuple[str, ...]) -
     return digest.hexdigest()[:16]
 
 
+EXPERT_FOLDERS = {"high": "transformer", "low": "transformer_2"}
+"""The noise-level experts of a two-DiT folder and their folders: ``high`` takes ``sigma >= boundary``."""
+
+
+def boundary_ratio(model_path: str | Path) -> float | None:
+    """A two-expert folder's ``boundary_ratio`` (its ``model_index.json`` lists ``transformer_2`` and sets
+    it), else None."""
+    index = Path(model_path) / "model_index.json"
+    values = json.loads(index.read_text()) if index.is_file() else {}
+    second = values.get("transformer_2")
+    ratio = values.get("boundary_ratio")
+    has_second = isinstance(second, list) and bool(second) and second[0] is not None
+    return float(ratio) if has_second and ratio is not None else None
+
+
 @dataclass(frozen=True)
 class SamplingDefaults:
     """What a family samples with unless told otherwise (the sampler's and the demo's defaults)."""
@@ -129,8 +153,8 @@ class ModelAdapter(abc.ABC):
     rules: VideoRules
     latent_channels: int
     max_text_tokens: int
-    condition_keys: tuple[str, ...]
-    """The names in this family's conditioning record (what ``encode_prompts`` returns)."""
+    text_condition_keys: tuple[str, ...]
+    """The text part of the conditioning record (what ``encode_prompts`` returns)."""
     objective: str = "flow_velocity"
     """What ``predict_velocity``'s output is trained against (one of :data:`OBJECTIVES`)."""
     timesteps_reversed: bool = False
@@ -144,11 +168,56 @@ class ModelAdapter(abc.ABC):
     pipeline_class_name: str
     """The diffusers pipeline of this family: saves and loads LoRA, runs exported folders."""
     sampling: SamplingDefaults
+    image_to_video: bool = False
+    """The folder's DiT is conditioned on a first frame (``encode_first_frames``)."""
+    image_condition_keys: tuple[str, ...] = ()
+    """The image part of the record (image-to-video folders), made from each clip's first frame."""
 
-    def __init__(self, model_path: str | Path, *, device: torch.device | str = "cpu", dtype=torch.float32):
+    @property
+    def condition_keys(self) -> tuple[str, ...]:
+        """The names in this folder's conditioning record: text, then image."""
+        return (*self.text_condition_keys, *self.image_condition_keys)
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        device: torch.device | str = "cpu",
+        dtype=torch.float32,
+        expert: str = "",
+    ):
         self.model_path = Path(model_path)
         self.device = torch.device(device)
         self.dtype = dtype
+        self.expert = expert
+        if expert and expert not in EXPERT_FOLDERS:
+            raise ValueError(f"expert must be one of {', '.join(EXPERT_FOLDERS)}, got {expert!r}")
+        if expert and self.boundary_ratio() is None:
+            raise ValueError(
+                f"{self.model_path} holds one DiT (its model_index.json has no transformer_2 and boundary_ratio); "
+                "--expert is for two-expert folders such as Wan 2.2 A14B"
+            )
+
+    # --- noise-level experts -----------------------------------------------------------------------
+    def boundary_ratio(self) -> float | None:
+        """The noise level where ``transformer_2`` takes over, or None for a one-DiT folder."""
+        return boundary_ratio(self.model_path)
+
+    def expert_folders(self) -> dict[str, str]:
+        """``{"high": "transformer", "low": "transformer_2"}`` for a two-expert folder, else ``{}``."""
+        return dict(EXPERT_FOLDERS) if self.boundary_ratio() is not None else {}
+
+    @property
+    def transformer_folder(self) -> str:
+        """The folder of the DiT this adapter works on (``expert``'s, else ``transformer``)."""
+        return EXPERT_FOLDERS[self.expert] if self.expert else "transformer"
+
+    def sigma_range(self) -> tuple[float, float]:
+        """The noise levels ``[low, high]`` this adapter's DiT denoises (all of (0, 1] without ``expert``)."""
+        if not self.expert:
+            return (0.0, 1.0)
+        boundary = self.boundary_ratio()
+        return (boundary, 1.0) if self.expert == "high" else (0.0, boundary)
 
     # --- components --------------------------------------------------------------------------------
     def pipeline_class(self) -> type:
@@ -157,8 +226,8 @@ class ModelAdapter(abc.ABC):
         return getattr(diffusers, self.pipeline_class_name)
 
     def transformer_config(self) -> dict:
-        """The DiT's config (from ``transformer/config.json``), without loading weights."""
-        return json.loads((self.model_path / "transformer" / "config.json").read_text())
+        """The DiT's config (``transformer_folder``'s ``config.json``), without loading weights."""
+        return json.loads((self.model_path / self.transformer_folder / "config.json").read_text())
 
     def blocks(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
         """Every repeated block, list after list: the unit of FSDP sharding and activation checkpointing."""
@@ -208,6 +277,14 @@ class ModelAdapter(abc.ABC):
         ``empty`` is the encoded empty prompt (one sample, no batch dim) when the caller has it
         (preprocessing stores it); a family that needs it raises ValueError without it.
         """
+
+    def load_image_encoder(self) -> None:
+        """Load what ``encode_first_frames`` needs (image-to-video folders)."""
+        raise ValueError(f"{self.model_path} is not an image-to-video model")
+
+    def encode_first_frames(self, vae, images: list, num_frames: int, height: int, width: int) -> Condition:
+        """The image part of the record for first frames (PIL images) of ``num_frames``-frame clips."""
+        raise ValueError(f"{self.model_path} is not an image-to-video model")
 
     # --- video -------------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -28,7 +28,7 @@ class MochiAdapter(ModelAdapter):
     rules = VideoRules(temporal_factor=6, spatial_factor=8, patch_size=2)
     latent_channels = 12
     max_text_tokens = 256
-    condition_keys = ("prompt_embeds", "prompt_attention_mask")
+    text_condition_keys = ("prompt_embeds", "prompt_attention_mask")
     timesteps_reversed = True
     block_lists = ("transformer_blocks",)
     # Video and text streams of the joint attention (FastVideo's and genmo's LoRA targets).
@@ -36,8 +36,10 @@ class MochiAdapter(ModelAdapter):
     pipeline_class_name = "MochiPipeline"
     sampling = SamplingDefaults(num_inference_steps=64, guidance_scale=4.5, fps=30.0)
 
-    def __init__(self, model_path, *, device="cpu", dtype=torch.float32, vae_tiling: bool = True):
-        super().__init__(model_path, device=device, dtype=dtype)
+    def __init__(
+        self, model_path, *, device="cpu", dtype=torch.float32, vae_tiling: bool = True, expert: str = ""
+    ):
+        super().__init__(model_path, device=device, dtype=dtype, expert=expert)
         self.vae_tiling = vae_tiling
 
     # --- VAE -------------------------------------------------------------------------------------

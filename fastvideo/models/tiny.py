@@ -22,7 +22,11 @@ The tiny Wan 2.1 model is built the same way: a 4-block ``WanTransformer3DModel`
 a 2-layer UMT5 encoder with the same tokenizer (512 tokens, as ``WanPipeline`` encodes), Wan 2.1's
 UniPC flow scheduler (flow shift 3, as in the 1.3B folder) and the trained ``AutoencoderKLWan`` of
 ``assets/tiny-wan-vae/`` (``scripts/train_tiny_vae.py --model_type wan``; the real 4x temporal and
-8x spatial compression, 16 latent channels).
+8x spatial compression, 16 latent channels; held-out clips, 25 frames at 64x96: 27.4 dB, colours
+and motion right, shapes rounder and softer than drawn). ``--variant a14b`` lays it out as Wan 2.2
+A14B: two such DiTs split by noise level (``transformer``, ``transformer_2``, ``boundary_ratio``
+0.875, flow shift 12); ``--variant i2v`` as Wan 2.1 image-to-video (``WanImageToVideoPipeline``:
+36 input channels, CLIP image tokens in the cross-attention, a tiny CLIP vision tower).
 """
 
 from __future__ import annotations
@@ -282,7 +286,79 @@ def build_tiny_wan(seed: int = 0):
     )
 
 
-TINY_BUILDERS = {"mochi": build_tiny_mochi, "wan": build_tiny_wan}
+WAN_A14B_BOUNDARY, WAN_A14B_FLOW_SHIFT = 0.875, 12.0  # Wan2.2-T2V-A14B's
+
+
+def build_tiny_wan_a14b(seed: int = 0):
+    """Wan 2.2 A14B's layout at tiny size: two DiTs split by noise level (``transformer`` for timesteps
+    >= boundary_ratio * 1000, ``transformer_2`` below), as Wan2.2-T2V-A14B-Diffusers ships them: boundary
+    0.875 and flow shift 12. Each expert is the tiny Wan DiT; they start from different seeds."""
+    from diffusers import UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
+
+    one = build_tiny_wan(seed)
+    torch.manual_seed(seed + 2)
+    low = WanTransformer3DModel(**TINY_WAN_DIT)
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=WAN_A14B_FLOW_SHIFT
+    )
+    return WanPipeline(
+        tokenizer=one.tokenizer, text_encoder=one.text_encoder, vae=one.vae, scheduler=scheduler,
+        transformer=one.transformer, transformer_2=low, boundary_ratio=WAN_A14B_BOUNDARY,
+    )  # fmt: skip
+
+
+# The tiny CLIP vision tower of the image-to-video model: 2 layers, 32 wide, 32x32 pixels in 8x8
+# patches (16 patch tokens + 1 class token; Wan 2.1 I2V's CLIP ViT-H/14 gives 257 of 1280).
+TINY_CLIP_VISION = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=32,
+    patch_size=8,
+)
+
+
+def build_tiny_wan_i2v(seed: int = 0):
+    """Wan 2.1 image-to-video's layout at tiny size (``WanImageToVideoPipeline``): the tiny Wan with
+    36 input channels (16 noisy latents, 4 first-frame mask channels, 16 latents of the first frame
+    followed by zeros), an image embedder and image key/value projections in every cross-attention
+    for the CLIP image tokens, and a tiny ``CLIPVisionModel`` with its ``CLIPImageProcessor``."""
+    from diffusers import WanImageToVideoPipeline, WanTransformer3DModel
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    one = build_tiny_wan(seed)
+    torch.manual_seed(seed + 3)
+    image_encoder = CLIPVisionModel(CLIPVisionConfig(**TINY_CLIP_VISION))
+    side = TINY_CLIP_VISION["image_size"]
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": side}, crop_size={"height": side, "width": side}
+    )
+    inner = TINY_WAN_DIT["num_attention_heads"] * TINY_WAN_DIT["attention_head_dim"]
+    torch.manual_seed(seed + 1)
+    transformer = WanTransformer3DModel(
+        **{**TINY_WAN_DIT, "in_channels": 36},
+        image_dim=TINY_CLIP_VISION["hidden_size"],
+        added_kv_proj_dim=inner,
+    )
+    return WanImageToVideoPipeline(
+        tokenizer=one.tokenizer, text_encoder=one.text_encoder, vae=one.vae, scheduler=one.scheduler,
+        image_processor=image_processor, image_encoder=image_encoder, transformer=transformer,
+    )  # fmt: skip
+
+
+# (model type, variant) -> builder; the variant "" is the family's default tiny model.
+TINY_BUILDERS = {
+    ("mochi", ""): build_tiny_mochi,
+    ("wan", ""): build_tiny_wan,
+    ("wan", "a14b"): build_tiny_wan_a14b,
+    ("wan", "i2v"): build_tiny_wan_i2v,
+}
+VARIANTS = {
+    "": "the family's default",
+    "a14b": "Wan 2.2 A14B: two noise-level experts",
+    "i2v": "Wan 2.1 image-to-video",
+}
 # What else, besides the seed, the built weights depend on.
 TINY_INPUTS = {
     "mochi": lambda: {"vae_sha256": tiny_vae_digest("mochi")},
@@ -290,8 +366,9 @@ TINY_INPUTS = {
 }
 
 
-def tiny_marker(model_type: str, seed: int) -> dict:
-    return {"model_type": model_type, "seed": seed, "format": TINY_FORMAT, **TINY_INPUTS[model_type]()}
+def tiny_marker(model_type: str, seed: int, variant: str = "") -> dict:
+    marker = {"model_type": model_type, "seed": seed, "format": TINY_FORMAT, **TINY_INPUTS[model_type]()}
+    return {**marker, "variant": variant} if variant else marker
 
 
 def _read_marker(output: Path) -> dict | None:
@@ -305,35 +382,41 @@ def _read_marker(output: Path) -> dict | None:
     return found if isinstance(found, dict) else None
 
 
-def is_built(output: Path, model_type: str, seed: int) -> bool:
-    return _read_marker(output) == tiny_marker(model_type, seed)
+def is_built(output: Path, model_type: str, seed: int, variant: str = "") -> bool:
+    return _read_marker(output) == tiny_marker(model_type, seed, variant)
 
 
-def is_stale(output: Path, model_type: str, seed: int) -> bool:
-    """A tiny model this module built for ``model_type`` and ``seed`` from older weights (e.g. a random VAE)."""
-    found = _read_marker(output)
-    return found is not None and found.get("model_type") == model_type and found.get("seed") == seed
+def is_stale(output: Path, model_type: str, seed: int, variant: str = "") -> bool:
+    """A tiny model this module built for ``model_type``, ``variant`` and ``seed`` from older weights
+    (e.g. a random VAE)."""
+    found = _read_marker(output) or {}
+    wanted = {"model_type": model_type, "seed": seed, "variant": variant}
+    return bool(found) and all(found.get(k, "") == v for k, v in wanted.items())
 
 
-def build_tiny(model_type: str, output: str | Path, *, seed: int = 0, overwrite: bool = False) -> Path:
+def build_tiny(
+    model_type: str, output: str | Path, *, seed: int = 0, overwrite: bool = False, variant: str = ""
+) -> Path:
     """Write the tiny pipeline to ``output`` atomically (built in a temp folder, then renamed).
 
-    A folder holding this model already is kept; one holding a stale build of it (same type and
-    seed, older format or other VAE weights) is rebuilt; anything else needs ``overwrite``.
+    A folder holding this model already is kept; one holding a stale build of it (same type,
+    variant and seed, older format or other VAE weights) is rebuilt; anything else needs ``overwrite``.
     """
-    if model_type not in TINY_BUILDERS:
-        raise ValueError(f"no tiny model for {model_type!r}; available: {', '.join(TINY_BUILDERS)}")
+    if (model_type, variant) not in TINY_BUILDERS:
+        available = ", ".join(f"{t} {v}".strip() for t, v in TINY_BUILDERS)
+        raise ValueError(f"no tiny model for {model_type!r} {variant!r}; available: {available}")
     output = Path(output)
-    if is_built(output, model_type, seed) and not overwrite:
+    name = f"{model_type} {variant}".strip()
+    if is_built(output, model_type, seed, variant) and not overwrite:
         return output
-    if output.exists() and not overwrite and not is_stale(output, model_type, seed):
+    if output.exists() and not overwrite and not is_stale(output, model_type, seed, variant):
         raise FileExistsError(
-            f"{output} exists and is not a tiny {model_type} model with seed {seed}; pass --overwrite"
+            f"{output} exists and is not a tiny {name} model with seed {seed}; pass --overwrite"
         )
     with atomic_dir(output) as staging:
-        pipe = TINY_BUILDERS[model_type](seed)
+        pipe = TINY_BUILDERS[(model_type, variant)](seed)
         pipe.save_pretrained(staging, safe_serialization=True)
-        (staging / TINY_MARKER).write_text(json.dumps(tiny_marker(model_type, seed)))
+        (staging / TINY_MARKER).write_text(json.dumps(tiny_marker(model_type, seed, variant)))
     return output
 
 
@@ -341,9 +424,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model_type", default="mochi", choices=sorted(TINY_BUILDERS))
+    parser.add_argument("--model_type", default="mochi", choices=sorted({t for t, _ in TINY_BUILDERS}))
     parser.add_argument(
-        "--output", default=None, help="directory to write (diffusers layout; default data/tiny-<model_type>)"
+        "--variant",
+        default="",
+        choices=sorted(VARIANTS),
+        help="; ".join(f"{v or repr('')}: {what}" for v, what in VARIANTS.items()),
+    )
+    parser.add_argument(
+        "--output",
+        default=None,
+        help="directory to write (diffusers layout; default data/tiny-<model_type>[-<variant>])",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="DiT and T5 weights are a function of this seed alone"
@@ -351,14 +442,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing directory")
     args = parser.parse_args(argv)
     if args.output is None:
-        args.output = f"data/tiny-{args.model_type}"
+        args.output = f"data/tiny-{args.model_type}" + (f"-{args.variant}" if args.variant else "")
     try:
-        already = is_built(Path(args.output), args.model_type, args.seed) and not args.overwrite
-        path = build_tiny(args.model_type, args.output, seed=args.seed, overwrite=args.overwrite)
+        already = is_built(Path(args.output), args.model_type, args.seed, args.variant) and not args.overwrite
+        path = build_tiny(
+            args.model_type, args.output, seed=args.seed, overwrite=args.overwrite, variant=args.variant
+        )
     except (FileExistsError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"tiny {args.model_type} model {'already at' if already else 'written to'} {path}")
+    name = f"{args.model_type} {args.variant}".strip()
+    print(f"tiny {name} model {'already at' if already else 'written to'} {path}")
     return 0
 
 

@@ -12,6 +12,13 @@ Latents are normalised as ``WanPipeline`` un-normalises them before decoding:
 sees ``1000 * sigma`` and predicts the flow velocity ``noise - x0`` itself. The default schedule is
 ``FlowMatchEulerDiscreteScheduler`` with the folder's flow shift (``flow_shift`` of its UniPC
 scheduler config, or ``shift``), so Euler sampling here equals ``WanPipeline`` with that scheduler.
+
+Image-to-video (a ``WanImageToVideoPipeline`` folder: its DiT has ``image_dim``): the record adds
+``image_embeds`` (the CLIP vision tower's penultimate hidden states of the first frame, as the
+pipeline's ``encode_image``) and ``image_latents`` (the normalised latents of the first frame
+followed by black frames, as the pipeline's ``prepare_latents``). The DiT sees the noisy latents,
+a 4-channel mask marking the first latent frame and ``image_latents``, concatenated on channels.
+Caption dropout and guidance replace only the text; the image stays.
 """
 
 from __future__ import annotations
@@ -19,9 +26,11 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import torch
 from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+from diffusers.video_processor import VideoProcessor
 from transformers import AutoTokenizer, UMT5EncoderModel
 
 from fastvideo.models.base import Condition, ModelAdapter, SamplingDefaults, VideoRules
@@ -43,16 +52,32 @@ class WanAdapter(ModelAdapter):
     family = "wan"
     rules = VideoRules(temporal_factor=4, spatial_factor=8, patch_size=2, temporal_patch=1)
     max_text_tokens = 512
-    condition_keys = ("prompt_embeds",)
+    text_condition_keys = ("prompt_embeds",)
     block_lists = ("blocks",)
     # Self- and cross-attention projections (the targets of diffusers' and finetrainers' Wan LoRAs).
     lora_targets = "to_q,to_k,to_v,to_out.0"
-    pipeline_class_name = "WanPipeline"
     sampling = SamplingDefaults(num_inference_steps=50, guidance_scale=5.0, fps=16.0)
 
-    def __init__(self, model_path, *, device="cpu", dtype=torch.float32, vae_tiling: bool = False):
-        super().__init__(model_path, device=device, dtype=dtype)
+    def __init__(
+        self, model_path, *, device="cpu", dtype=torch.float32, vae_tiling: bool = False, expert: str = ""
+    ):
+        super().__init__(model_path, device=device, dtype=dtype, expert=expert)
         self.vae_tiling = vae_tiling
+
+    # --- text- or image-to-video ------------------------------------------------------------------
+    @property
+    def image_to_video(self) -> bool:
+        """A Wan 2.1 image-to-video folder: its DiT takes CLIP image tokens (``image_dim`` is set)."""
+        config = self.model_path / "transformer" / "config.json"
+        return config.is_file() and json.loads(config.read_text()).get("image_dim") is not None
+
+    @property
+    def image_condition_keys(self) -> tuple[str, ...]:
+        return ("image_embeds", "image_latents") if self.image_to_video else ()
+
+    @property
+    def pipeline_class_name(self) -> str:
+        return "WanImageToVideoPipeline" if self.image_to_video else "WanPipeline"
 
     # --- VAE -------------------------------------------------------------------------------------
     @property
@@ -114,8 +139,14 @@ class WanAdapter(ModelAdapter):
     def predict_velocity(self, transformer, noisy_latents, sigmas, cond: Condition):
         # Forward time: the DiT sees 1000 * sigma (FlowMatchEulerDiscreteScheduler's timesteps) and
         # predicts the velocity noise - x0 itself.
+        hidden_states = noisy_latents
+        if "image_latents" in cond:  # image-to-video: [noisy, first-frame mask, first-frame latents]
+            image = cond["image_latents"].to(noisy_latents.dtype)
+            mask = torch.zeros_like(image[:, :4])
+            mask[:, :, 0] = 1
+            hidden_states = torch.cat([noisy_latents, mask, image], dim=1)
         return transformer(
-            hidden_states=noisy_latents,
+            hidden_states=hidden_states,
             timestep=sigmas * 1000.0,
             encoder_hidden_states=cond["prompt_embeds"],
             encoder_hidden_states_image=cond.get("image_embeds"),
@@ -155,6 +186,53 @@ class WanAdapter(ModelAdapter):
         )
         return {"prompt_embeds": embeds}
 
+    # --- image (image-to-video) ------------------------------------------------------------------
+    def load_image_encoder(self) -> None:
+        """The CLIP vision tower and its processor, in a pipeline holding only them (the pipeline's own
+        ``encode_image`` then encodes first frames)."""
+        from diffusers import WanImageToVideoPipeline
+        from transformers import CLIPImageProcessor, CLIPVisionModel
+
+        processor = CLIPImageProcessor.from_pretrained(self.model_path, subfolder="image_processor")
+        encoder = CLIPVisionModel.from_pretrained(
+            self.model_path, subfolder="image_encoder", torch_dtype=self.dtype
+        )
+        encoder = encoder.to(self.device).eval().requires_grad_(False)
+        self._image_pipe = WanImageToVideoPipeline(
+            tokenizer=None, text_encoder=None, vae=None, scheduler=None, image_processor=processor,
+            image_encoder=encoder,
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def encode_first_frames(
+        self, vae: AutoencoderKLWan, images: list, num_frames: int, height: int, width: int
+    ):
+        """The image conditioning of first frames (PIL images), batched: ``image_embeds`` from the CLIP tower
+        (``load_image_encoder`` first) and ``image_latents``: each image resized to ``height`` x ``width``,
+        followed by ``num_frames - 1`` zero frames, encoded to the posterior mode and normalised, as
+        ``WanImageToVideoPipeline.prepare_latents`` does."""
+        if getattr(self, "_image_pipe", None) is None:
+            raise RuntimeError("call load_image_encoder() before encode_first_frames()")
+        embeds = self._image_pipe.encode_image(images, self.device).float()
+        pixels = VideoProcessor(vae_scale_factor=self.rules.spatial_factor).preprocess(
+            images, height=height, width=width
+        )
+        pixels = pixels.to(self.device, torch.float32)
+        video = torch.cat(
+            [pixels[:, :, None], pixels.new_zeros(*pixels.shape[:2], num_frames - 1, height, width)], 2
+        )
+        latents = vae.encode(video.to(vae.dtype)).latent_dist.mode().float()
+        mean, std = self._latent_stats(vae, latents)
+        return {"image_embeds": embeds, "image_latents": (latents - mean) * (1.0 / std)}
+
+    @staticmethod
+    def frame_image(frame: torch.Tensor):
+        """A frame ``[3, H, W]`` in [-1, 1] as the 8-bit PIL image it was decoded from."""
+        from PIL import Image
+
+        pixels = ((frame.float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return Image.fromarray(np.ascontiguousarray(pixels.permute(1, 2, 0).numpy()))
+
     def null_condition(self, like: Condition, empty: Condition | None = None) -> Condition:
         if empty is None:
             raise ValueError(
@@ -163,4 +241,6 @@ class WanAdapter(ModelAdapter):
             )
         batch = like["prompt_embeds"].shape[0]
         device = like["prompt_embeds"].device
-        return {k: v.to(device, like[k].dtype).expand(batch, *v.shape).clone() for k, v in empty.items()}
+        # The text becomes the empty prompt; an image-to-video record keeps its image.
+        text = {k: v.to(device, like[k].dtype).expand(batch, *v.shape).clone() for k, v in empty.items()}
+        return {**like, **text}

@@ -57,6 +57,8 @@ class SampleConfig:
     prompt_path: str = ""
     """A text file with one prompt per line (added to --prompts)."""
     prompt_separator: str = "|"
+    image: str = ""
+    """The first frame (an image file) of every video: image-to-video folders need it, others refuse it."""
     negative_prompt: str | None = None
     """Default: the family's (empty for Mochi and the tiny Wan)."""
     num_frames: int = 25
@@ -77,9 +79,11 @@ class SampleConfig:
     linear_range: float | None = None
     """PCM grid: fraction of linear steps (default: the model folder's scheduler config)."""
     transformer_path: str = ""
-    """A diffusers transformer folder to use instead of MODEL_PATH/transformer (e.g. .../transformer_ema)."""
+    """A diffusers transformer folder to use instead of MODEL_PATH/transformer (e.g. .../transformer_ema);
+    in a two-expert folder (Wan 2.2 A14B) it replaces the high-noise expert."""
     lora_path: str = ""
-    """A diffusers-format LoRA folder (default: MODEL_PATH/lora when present)."""
+    """A diffusers-format LoRA folder (default: MODEL_PATH/lora when present; a two-expert folder's
+    low-noise expert takes MODEL_PATH/lora_2)."""
     lora_scale: float | None = None
     """LoRA scale; default alpha/rank from the folder's fastvideo_lora.json, else 1."""
     output_path: str = "outputs/samples"
@@ -129,6 +133,8 @@ class Request:
     num_inference_steps: int = 64
     guidance_scale: float | None = None
     scheduler_type: str = "auto"
+    image: str = ""
+    """The first frame's image file (image-to-video folders)."""
 
 
 def slug(text: str, limit: int = 48) -> str:
@@ -151,17 +157,33 @@ class Sampler:
         self.cfg = cfg = with_family_defaults(cfg, self.adapter.sampling)
         self.transformer = self.load_transformer()
         self.adapter.load_text_encoder()
+        if self.adapter.image_to_video:
+            self.adapter.load_image_encoder()
         self.folder_pcm = self.load_pcm_scheduler()
         self.vae = None
         self._embeds: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
 
     # --- loading ---------------------------------------------------------------------------------
     def load_transformer(self) -> torch.nn.Module:
+        """The folder's DiT, or (a two-expert folder, Wan 2.2 A14B) both behind ``NoiseExperts``."""
+        experts = self.adapter.expert_folders()
+        if not experts:
+            return self.load_dit("transformer", "lora")
+        from fastvideo.models.experts import NoiseExperts
+
+        high = self.load_dit(experts["high"], "lora")
+        low = self.load_dit(experts["low"], "lora_2")
+        return NoiseExperts(high, low, self.adapter.boundary_ratio())
+
+    def load_dit(self, folder: str, lora_folder: str) -> torch.nn.Module:
+        """One DiT from ``folder`` (``--transformer_path`` replaces ``transformer/``), with the LoRA of
+        ``lora_folder`` (``--lora_path`` replaces ``lora/``) when there is one, ready to sample."""
         cfg = self.cfg
-        path = Path(cfg.transformer_path) if cfg.transformer_path else self.model_path / "transformer"
+        first = folder == "transformer"
+        path = Path(cfg.transformer_path) if cfg.transformer_path and first else self.model_path / folder
         transformer = self.adapter.transformer_class().from_pretrained(path, torch_dtype=self.dtype)
-        lora = Path(cfg.lora_path) if cfg.lora_path else self.model_path / "lora"
-        if cfg.lora_path or (lora / "pytorch_lora_weights.safetensors").is_file():
+        lora = Path(cfg.lora_path) if cfg.lora_path and first else self.model_path / lora_folder
+        if (cfg.lora_path and first) or (lora / "pytorch_lora_weights.safetensors").is_file():
             self.apply_lora(transformer, lora)
         transformer = transformer.to(self.dist.device).eval().requires_grad_(False)
         sp_group = dist.group.WORLD if self.dist.world_size > 1 else None
@@ -199,6 +221,14 @@ class Sampler:
             raise ValueError("; ".join(problems))
         if request.num_inference_steps < 1:
             raise ValueError("the number of steps must be at least 1")
+        if self.adapter.image_to_video and not request.image:
+            raise ValueError(
+                f"{self.model_path} is an image-to-video model: give the first frame (--image FILE)"
+            )
+        if request.image and not self.adapter.image_to_video:
+            raise ValueError(f"{self.model_path} is a text-to-video model: it takes no --image")
+        if request.image and not Path(request.image).is_file():
+            raise ValueError(f"--image {request.image}: no such file")
         kind = request.scheduler_type
         if kind == "auto":
             kind = "pcm_linear_quadratic" if self.folder_pcm is not None else "euler"
@@ -253,6 +283,24 @@ class Sampler:
         self._embeds.move_to_end(prompt)
         return self._embeds[prompt]
 
+    def first_frame(self, request: Request) -> dict[str, torch.Tensor]:
+        """Image-to-video: the conditioning of ``request.image`` as the first frame ({} otherwise)."""
+        if not request.image:
+            return {}
+        from PIL import Image
+
+        with Image.open(request.image) as image:
+            image = image.convert("RGB")
+        cond = self.adapter.encode_first_frames(
+            self.load_vae(), [image], request.num_frames, request.height, request.width
+        )
+        return {k: v.to(self.dtype) for k, v in cond.items()}
+
+    def load_vae(self):
+        if self.vae is None:
+            self.vae = self.adapter.load_vae()
+        return self.vae
+
     def initial_noise(self, request: Request) -> torch.Tensor:
         shape = self.adapter.rules.latent_shape(
             request.num_frames, request.height, request.width, self.adapter.latent_channels
@@ -263,8 +311,9 @@ class Sampler:
     def generate(self, request: Request, on_step=None) -> torch.Tensor:
         """Final latents ``[1, C, T, h, w]`` (float32) for ``request``; every rank must call it."""
         _, sigmas, guidance = self.resolve(request)
-        cond = self.encode(request.prompt)
-        negative = self.encode(request.negative_prompt) if guidance > 1.0 else None
+        image = self.first_frame(request)
+        cond = {**self.encode(request.prompt), **image}
+        negative = {**self.encode(request.negative_prompt), **image} if guidance > 1.0 else None
         return euler_denoise(
             self.adapter, self.transformer, self.initial_noise(request), sigmas, cond,
             guidance=guidance, negative=negative, on_step=on_step, model_dtype=self.dtype,
@@ -272,9 +321,7 @@ class Sampler:
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Pixels ``[3, F, H, W]`` in [-1, 1] of one video's latents (this rank alone)."""
-        if self.vae is None:
-            self.vae = self.adapter.load_vae()
-        return self.adapter.decode_latents(self.vae, latents)[0].cpu()
+        return self.adapter.decode_latents(self.load_vae(), latents)[0].cpu()
 
     # --- the command line ------------------------------------------------------------------------
     def run(self) -> list[Path]:

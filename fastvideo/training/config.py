@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from fastvideo.models import MODEL_TYPES
-from fastvideo.models.base import component_fingerprint
+from fastvideo.models.base import EXPERT_FOLDERS, boundary_ratio, component_fingerprint
 from fastvideo.training.flow_matching import WEIGHTING_SCHEMES
 
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
@@ -44,6 +44,9 @@ class TrainConfig:
     """Model family (adapter)."""
     model_path: str = "data/tiny-mochi"
     """Diffusers-layout model directory to fine-tune."""
+    expert: str = ""
+    """Two-expert folders (Wan 2.2 A14B) only, and required there: high trains transformer/ on noise levels
+    >= the folder's boundary_ratio, low trains transformer_2/ below it (run twice to train both)."""
     data_json_path: str = "data/processed"
     """Preprocessed data: the folder holding videos2caption.json (or that file)."""
     seed: int = 0
@@ -150,6 +153,10 @@ class TrainConfig:
                 f"--lora_comfyui writes a LoRA export under ComfyUI's names: it needs --use_lora and a family "
                 f"with a key mapping ({', '.join(COMFYUI_FAMILIES)}), got --model_type {self.model_type}"
             )
+        if self.expert not in ("", *EXPERT_FOLDERS):
+            raise ValueError(
+                f"--expert must be one of {', '.join(EXPERT_FOLDERS)} (or empty), got {self.expert!r}"
+            )
         if self.weighting_scheme not in WEIGHTING_SCHEMES:
             raise ValueError(f"--weighting_scheme must be one of {WEIGHTING_SCHEMES}")
         if self.lr_scheduler not in LR_SCHEDULERS:
@@ -188,7 +195,7 @@ class TrainConfig:
         from fastvideo.dataset.latent_dataset import resolve_index
 
         run = {k: v for k, v in vars(self).items() if k not in self.RESUME_MAY_CHANGE}
-        run["model_path"] = component_fingerprint(self.model_path, ("transformer",))
+        run["model_path"] = component_fingerprint(self.model_path, (self.transformer_folder(),))
         run["data_json_path"] = hashlib.sha256(resolve_index(self.data_json_path).read_bytes()).hexdigest()[
             :16
         ]
@@ -211,10 +218,16 @@ class TrainConfig:
         dims = ParallelDims(
             dp_replicate=self.dp_replicate, dp_shard=self.dp_shard, sp=self.sp_size, world_size=world_size
         )
-        dims.validate_model(transformer_config(self.model_path)["num_attention_heads"])
+        check_expert(self.model_path, self.expert)
+        folder = self.transformer_folder()
+        dims.validate_model(transformer_config(self.model_path, folder)["num_attention_heads"])
         index = resolve_index(self.data_json_path)
         read_index(index)
         check_id_token(self.id_token, index.parent)
+
+    def transformer_folder(self) -> str:
+        """The folder of the DiT this run trains (``--expert``'s, else ``transformer``)."""
+        return EXPERT_FOLDERS[self.expert] if self.expert else "transformer"
 
     def preflight(self, world_size: int, check_output_dir: bool = True) -> None:
         """``check_settings``, that no live run holds --output_dir, and that the checkpoint to resume
@@ -230,9 +243,21 @@ class TrainConfig:
             choose_checkpoint(root, self.resume_from_checkpoint, self.fingerprint(), repair=False)
 
 
-def transformer_config(model_path: str | Path) -> dict:
-    """The DiT's architecture, from ``transformer/config.json`` (no weights loaded; ``_`` keys dropped)."""
-    config = Path(model_path) / "transformer" / "config.json"
+def check_expert(model_path: str | Path, expert: str) -> None:
+    """A two-expert folder needs ``--expert`` and a one-DiT folder refuses it (ValueError naming the fix)."""
+    boundary = boundary_ratio(model_path)
+    if boundary is not None and not expert:
+        raise ValueError(
+            f"{model_path} holds two noise-level experts (transformer/ for noise levels >= {boundary}, "
+            "transformer_2/ below): pass --expert high or --expert low (EXPERT=high|low|both in the recipes)"
+        )
+    if expert and boundary is None:
+        raise ValueError(f"--expert {expert}: {model_path} holds one DiT, not two noise-level experts")
+
+
+def transformer_config(model_path: str | Path, folder: str = "transformer") -> dict:
+    """The DiT's architecture, from ``<folder>/config.json`` (no weights loaded; ``_`` keys dropped)."""
+    config = Path(model_path) / folder / "config.json"
     if not config.is_file():
         raise ValueError(
             f"{model_path} is not a diffusers model folder (no transformer/config.json); build the tiny default "

@@ -82,28 +82,33 @@ def pipeline_components(index: dict) -> list[str]:
     return [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None]
 
 
-def write_pipeline_folder(out: Path, base: Path, scheduler=None, link_transformer: bool = False) -> list[str]:
-    """Make ``out`` (holding an exported ``transformer/``) a pipeline folder that ``from_pretrained`` loads.
+def write_pipeline_folder(
+    out: Path, base: Path, scheduler=None, trained: str = "transformer", keep: tuple[str, ...] = ()
+) -> list[str]:
+    """Make ``out`` (holding the exported ``trained`` folder) a pipeline folder that ``from_pretrained`` loads.
 
     Writes ``model_index.json`` and links (absolute symbolic links; ``cp -rL`` makes a standalone
     copy) each component of ``base`` (what its ``model_index.json`` lists: ``vae``,
-    ``text_encoder``, ``tokenizer``, and ``text_encoder_2``, ``transformer_2`` ... where the family
-    has them) that ``out`` lacks, except ``scheduler`` when one is given (saved instead) and
-    ``transformer`` unless ``link_transformer`` (LoRA runs, whose weights are in ``lora/``).
-    Returns what is missing (nothing when the folder is whole); existing real folders are kept.
+    ``text_encoder``, ``tokenizer``, ``transformer``, and ``text_encoder_2``, ``transformer_2`` ...
+    where the family has them) that ``out`` lacks, except ``scheduler`` when one is given (saved
+    instead) and the ``trained`` folder itself (``transformer``, ``transformer_2``, or a LoRA run's
+    ``lora``, whose base DiT is then linked; ``""`` links every component). Folders named in ``keep`` (a LoRA of another expert)
+    are linked too where ``base`` has them. Returns what is missing (nothing when the folder is
+    whole); existing real folders are kept.
     """
     index_path = base / "model_index.json"
     if not index_path.is_file():
         return [f"{index_path} (the base is not a diffusers pipeline folder)"]
     index = json.loads(index_path.read_text())
-    names = [c for c in pipeline_components(index) if c != "transformer" or link_transformer]
+    names = [c for c in pipeline_components(index) if c != trained]
     if scheduler is not None:
         names = [n for n in names if n != "scheduler"]
         index["scheduler"] = [type(scheduler).__module__, type(scheduler).__name__]
         with atomic_dir(out / "scheduler") as staging:
             scheduler.save_pretrained(staging)
+    optional = [k for k in keep if k != trained and (base / k).is_dir()]
     missing = []
-    for name in names:
+    for name in names + optional:
         link, target = out / name, base / name
         if link.exists() and not link.is_symlink():
             continue

@@ -99,6 +99,16 @@ def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter], device: t
 __all__ = ["Trainer", "TrainingError", "compile_blocks", "make_optimizer", "sample_generator"]
 
 
+def check_condition(adapter: ModelAdapter, dataset: LatentDataset) -> None:
+    """The dataset must hold the model's whole conditioning record (e.g. an image-to-video model's image)."""
+    missing = [k for k in adapter.condition_keys if k not in dataset.condition_keys]
+    if missing:
+        raise ValueError(
+            f"{dataset.root} lacks {', '.join(missing)}, which {adapter.model_path} is conditioned on: preprocess "
+            f"the videos with MODEL_PATH={adapter.model_path} (bash scripts/finetune_data_gen.sh)"
+        )
+
+
 class TrainingError(RunError):
     """A run that must stop (non-finite loss, ...); the message is for the user."""
 
@@ -117,6 +127,7 @@ class Trainer:
         self.lock: FolderLock | None = None
         self.batches: BatchPrefetcher | None = None
         self.logger: MetricsLogger | None = None
+        self.other_expert: torch.nn.Module | None = None
 
     # --- setup ----------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -127,7 +138,7 @@ class Trainer:
             single_process_group(self.dist.device)  # FSDP2 does the offloading, so it runs even over one GPU
         self.attention_backend = resolve_backend(cfg.attention_backend, self.dist.device)
         self.adapter: ModelAdapter = get_adapter_class(cfg.model_type)(
-            cfg.model_path, device=self.dist.device
+            cfg.model_path, device=self.dist.device, expert=cfg.expert
         )
         if self.adapter.objective not in OBJECTIVES:
             raise ValueError(
@@ -141,6 +152,7 @@ class Trainer:
             device_type=self.dist.device.type,
         )
         self.dataset = LatentDataset(cfg.data_json_path)
+        check_condition(self.adapter, self.dataset)
         self.dp_rank = self.dims.dp_mesh.get_local_rank() if self.dist.world_size > 1 else 0
         self.sampler = ShapeBucketSampler(
             self.dataset,
@@ -264,7 +276,8 @@ class Trainer:
         """Fill the materialised model: the folder's transformer, plus fresh LoRA adapters from the seed."""
         cfg = self.cfg
         prepare = (lambda full, targets: with_lora_init(full, targets, cfg.seed)) if cfg.use_lora else None
-        load_transformer_weights(model, self.adapter.model_path / "transformer", self.dist, prepare=prepare)
+        folder = self.adapter.model_path / self.adapter.transformer_folder
+        load_transformer_weights(model, folder, self.dist, prepare=prepare)
 
     def lora_targets(self) -> str:
         return self.cfg.lora_target_modules or self.adapter.lora_targets
@@ -425,6 +438,7 @@ class Trainer:
             )
             for g in generators
         ]).to(device)  # fmt: skip
+        sigmas = self.in_expert_range(sigmas)
         self.drop_captions(cond, generators)
         noisy = add_noise(latents, noise, sigmas)
         with self.autocast():
@@ -432,6 +446,13 @@ class Trainer:
         loss = F.mse_loss(pred.float(), velocity_target(latents, noise))
         (loss / cfg.gradient_accumulation_steps).backward()
         return loss.item()
+
+    def in_expert_range(self, sigmas: torch.Tensor) -> torch.Tensor:
+        """Noise levels drawn over (0, 1], mapped linearly onto the trained expert's range (``--expert``)."""
+        if not self.cfg.expert:
+            return sigmas
+        low, high = self.adapter.sigma_range()
+        return low + (high - low) * sigmas
 
     def autocast(self):
         dtype = self.compute_dtype()
@@ -500,6 +521,29 @@ class Trainer:
                 self.logger.log_videos(self.step, out)
             self.model.train()
 
+    def sampling_model(self) -> torch.nn.Module:
+        """What validation samples with: the trained DiT, and under ``--expert`` the folder's other expert
+        beside it (frozen, whole on every rank, loaded on first use), switched at the boundary."""
+        if not self.cfg.expert:
+            return self.model
+        from fastvideo.models.experts import NoiseExperts
+
+        if self.other_expert is None:
+            self.other_expert = self.load_other_expert()
+        pair = (
+            (self.model, self.other_expert) if self.cfg.expert == "high" else (self.other_expert, self.model)
+        )
+        return NoiseExperts(*pair, self.adapter.boundary_ratio())
+
+    def load_other_expert(self) -> torch.nn.Module:
+        other = "low" if self.cfg.expert == "high" else "high"
+        folder = self.adapter.model_path / self.adapter.expert_folders()[other]
+        model = self.adapter.transformer_class().from_pretrained(folder, torch_dtype=self.compute_dtype())
+        model = model.to(self.dist.device).eval().requires_grad_(False)
+        sp_group = self.dims.sp_mesh.get_group() if self.dims.sp_enabled else None
+        self.adapter.set_attention(model, sp_group, self.attention_backend)
+        return model
+
     def validation_settings(self, root: Path) -> list[tuple[Path, torch.Tensor | None, float | None]]:
         """(folder, sigmas, guidance) per validation pass; None: the config's steps and guidance."""
         return [(root, None, None)]
@@ -509,9 +553,17 @@ class Trainer:
         if self.dist.is_main:
             print(f"saved checkpoint {path}")
 
+    def export_name(self) -> str:
+        """The exported weights' folder: the trained DiT's (``transformer``, ``transformer_2`` for the low-noise
+        expert), or under LoRA ``lora`` (``lora_2`` for the low-noise expert, which the sampler loads into it)."""
+        folder = self.adapter.transformer_folder
+        if not self.cfg.use_lora:
+            return folder
+        return "lora" + folder.removeprefix("transformer")
+
     def export(self) -> None:
         out = Path(self.cfg.output_dir)
-        name = "lora" if self.cfg.use_lora else "transformer"
+        name = self.export_name()
         self.export_weights(out / name)
         if self.ema is not None:
             with self.ema.swapped_into(self.model):
@@ -519,7 +571,7 @@ class Trainer:
         if self.dist.is_main:
             base = Path(self.cfg.model_path)
             missing = write_pipeline_folder(
-                out, base, self.export_scheduler(), link_transformer=self.cfg.use_lora
+                out, base, self.export_scheduler(), trained=name, keep=("lora", "lora_2")
             )
             if missing:
                 print(f"warning: {out} is not a whole pipeline folder; missing {', '.join(missing)}")

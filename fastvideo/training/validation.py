@@ -5,7 +5,8 @@ noise; then prompt i is decoded and written by rank ``i % world_size``, so no ra
 collective while another decodes alone. Sampling is plain Euler on the family's default schedule
 (Mochi: MochiPipeline's linear-quadratic one), with classifier-free guidance against the family's
 unconditional input (what caption dropout trains: ``adapter.null_condition``) when the guidance
-scale is above 1. Each prompt's final latents are saved beside
+scale is above 1. An image-to-video model conditions validation prompt i on the first frame of
+training item i (of item 0's shape). Each prompt's final latents are saved beside
 its mp4 (``prompt-NN.pt``).
 """
 
@@ -44,7 +45,21 @@ def sample_latents(
     latents = torch.randn(1, *shape, generator=torch.Generator().manual_seed(seed)).to(device)
     cond = {k: v[None].to(device) for k, v in prompt.items() if k != "caption"}
     negative = trainer.null_condition(cond) if guidance > 1.0 else None
-    return euler_denoise(trainer.adapter, trainer.model, latents, sigmas, cond, guidance, negative)
+    model = trainer.sampling_model()
+    return euler_denoise(trainer.adapter, model, latents, sigmas, cond, guidance, negative)
+
+
+def with_first_frame(trainer, i: int, prompt: dict) -> dict:
+    """Image-to-video: validation prompt ``i`` is conditioned on the first frame of training item ``i``
+    (its stored image conditioning; items shaped like item 0, which sets validation's shape), since
+    validation prompts come without images."""
+    keys = trainer.adapter.image_condition_keys
+    if not keys:
+        return prompt
+    dataset = trainer.dataset
+    same_shape = [j for j, key in enumerate(dataset.bucket_keys()) if key == dataset.bucket_key(0)]
+    item = dataset[same_shape[i % len(same_shape)]]
+    return {**prompt, **{k: item["cond"][k] for k in keys}}
 
 
 def run_validation(
@@ -58,6 +73,7 @@ def run_validation(
     prompts = validation_prompts(trainer.dataset.root)
     if not prompts:
         return []
+    prompts = [with_first_frame(trainer, i, p) for i, p in enumerate(prompts)]
     shape = tuple(trainer.dataset[0]["latents"].shape)
     vae = None
     written = []

@@ -89,9 +89,12 @@ def browser(chromium):
 
 
 @pytest.fixture(scope="module")
-def demo_server(browser, tiny_mochi, repo_root, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("demo")
-    cmd = [sys.executable, "fastvideo/demo/gradio_web_demo.py", "--model_path", str(tiny_mochi),
+def demo_server(request, browser, repo_root, tmp_path_factory):
+    """The demo serving a family's tiny model (``mochi`` unless a test names another, indirectly)."""
+    family = getattr(request, "param", "mochi")
+    model = request.getfixturevalue(f"tiny_{family}")
+    folder = tmp_path_factory.mktemp(f"demo-{family}")
+    cmd = [sys.executable, "fastvideo/demo/gradio_web_demo.py", "--model_type", family, "--model_path", str(model),
            "--port", str(free_port()), "--output_path", str(folder / "videos"),
            *(arg for name, value in SMALL.items() for arg in (f"--default_{name}", str(value)))]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(repo_root) + os.pathsep + os.environ.get("PYTHONPATH", ""),
@@ -140,6 +143,7 @@ def video_frames(page, src: str, folder: Path) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("demo_server", ["mochi", "wan"], indirect=True)
 def test_generate_shows_a_playable_video(page, tmp_path):
     from playwright.sync_api import expect
 

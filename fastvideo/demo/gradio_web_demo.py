@@ -59,9 +59,9 @@ class DemoConfig:
     default_height: int = 64
     default_width: int = 96
     default_steps: int | None = None
-    """Steps filled in at start (default: 8 for a distilled PCM folder, 64 otherwise)."""
-    fps: float = 30.0
-    """Frame rate of the written mp4s."""
+    """Steps filled in at start (default: 8 for a distilled PCM folder, else the family's: Mochi 64, Wan 50)."""
+    fps: float | None = None
+    """Frame rate of the written mp4s (default: the family's, Mochi 30, Wan 16)."""
     dtype: str = "auto"
     """bf16 | fp32 | auto (bf16 on GPU, fp32 on CPU)."""
 
@@ -202,7 +202,9 @@ def pick_model(cfg: DemoConfig) -> Path:
 
 
 def default_request(cfg: DemoConfig, sampler: Sampler) -> Request:
-    steps = cfg.default_steps or (8 if sampler.folder_pcm is not None else 64)
+    steps = cfg.default_steps or (
+        8 if sampler.folder_pcm is not None else sampler.adapter.sampling.num_inference_steps
+    )
     return Request(prompt="", num_frames=cfg.default_frames, height=cfg.default_height, width=cfg.default_width,
                    num_inference_steps=steps)  # fmt: skip
 
@@ -230,7 +232,8 @@ def serve(cfg: DemoConfig, dist_info: DistInfo) -> None:
     sample_cfg = SampleConfig(model_type=cfg.model_type, model_path=str(pick_model(cfg)), dtype=cfg.dtype)
     sampler = Sampler(sample_cfg, dist_info)
     examples = EXAMPLE_PROMPTS.read_text().splitlines() if EXAMPLE_PROMPTS.is_file() else []
-    demo = build_demo(sampler, default_request(cfg, sampler), cfg.output_path, fps=cfg.fps,
+    fps = cfg.fps or sampler.adapter.sampling.fps
+    demo = build_demo(sampler, default_request(cfg, sampler), cfg.output_path, fps=fps,
                       max_queue=cfg.max_queue, examples=[p for p in examples if p.strip()])  # fmt: skip
     demo.launch(server_name=cfg.host, server_port=cfg.port, share=cfg.share,
                 allowed_paths=[str(Path(cfg.output_path).resolve())])  # fmt: skip

@@ -31,16 +31,17 @@ def test_bad_flags_and_values_are_one_line():
 
 @pytest.mark.parametrize(
     "args",
-    [["--lora_comfyui"], ["--lora_comfyui", "--use_lora"], ["--lora_comfyui", "--model_type", "wan"]],
-    ids=["no-lora", "mochi", "wan-no-lora"],
+    [["--lora_comfyui"], ["--lora_comfyui", "--model_type", "wan"]],
+    ids=["mochi-no-lora", "wan-no-lora"],
 )
 def test_comfyui_export_is_refused_where_it_cannot_be_written(args):
-    """ComfyUI key names need a LoRA run of a family with a mapping (Wan)."""
+    """ComfyUI key names need a LoRA run (of a family with a mapping: Mochi and Wan)."""
     with pytest.raises(
         ValueError, match="--lora_comfyui .* needs --use_lora and a family with a key mapping"
     ):
         parse_config(TrainConfig, args)
     parse_config(TrainConfig, ["--lora_comfyui", "--use_lora", "--model_type", "wan"])
+    parse_config(TrainConfig, ["--lora_comfyui", "--use_lora", "--model_type", "mochi"])
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from fastvideo.training.lora import check_lora_matches, read_lora
 
 pytestmark = pytest.mark.slow
 LORA = ["--use_lora", "--lora_rank", 4, "--lora_alpha", 8, "--lora_base_dtype", "fp32", "--use_ema", "--ema_decay", 0.5,
-        "--learning_rate", "1e-3", "--adam_eps", ADAM_EPS, "--checkpointing_steps", 1]  # fmt: skip
+        "--learning_rate", "1e-3", "--adam_eps", ADAM_EPS, "--checkpointing_steps", 1, "--lora_comfyui"]  # fmt: skip
 BOTH = ("lora", "lora_ema")
 LAST = f"step-{STEPS:08d}"
 
@@ -91,6 +91,21 @@ def test_exported_lora_in_diffusers_reproduces_fastvideo_sampling(lora_ref, tiny
     assert (base - ours).abs().max() > 1e-3
 
 
+def test_lora_comfyui_flag_writes_the_fused_keys(lora_ref, tiny_mochi):
+    """--lora_comfyui writes lora/comfyui_lora.safetensors beside the export: what comfyui_weights makes
+    of it (checked against diffusers' converter below), one adapter per fused qkv."""
+    from fastvideo.models.mochi import MochiAdapter
+    from fastvideo.training.lora import comfyui_weights
+
+    written = load_file(lora_ref / "lora" / "comfyui_lora.safetensors")
+    weights, info = read_lora(lora_ref / "lora")
+    expected = comfyui_weights(weights, info["alpha"], MochiAdapter(tiny_mochi))
+    assert (
+        written.keys() == expected.keys() and "diffusion_model.blocks.0.attn.qkv_y.lora_up.weight" in written
+    )
+    assert all(torch.equal(written[k], v) for k, v in expected.items())
+
+
 def test_fuse_equals_base_plus_lora(lora_ref, tiny_mochi, tmp_path, repo_root):
     out = tmp_path / "fused"
     proc = subprocess.run([sys.executable, "-m", "fastvideo.training.lora", "fuse", "--model_path", str(tiny_mochi),
@@ -141,3 +156,86 @@ def test_id_token_must_match_the_preprocessing(tiny_mochi, processed):
     )
     with pytest.raises(ValueError, match="ID_TOKEN=''"):
         cfg.check_settings(world_size=1)
+
+
+def mochi_original_checkpoint(state: dict[str, torch.Tensor], num_layers: int) -> dict[str, torch.Tensor]:
+    """A diffusers Mochi DiT state under the original checkpoint's names (what ComfyUI loads): the inverse
+    of diffusers' ``convert_mochi_transformer_checkpoint_to_diffusers``, whose swaps undo themselves."""
+    from diffusers.loaders.single_file_utils import swap_proj_gate, swap_scale_shift
+
+    renamed = {
+        "x_embedder.proj": "patch_embed.proj", "t_embedder.mlp.0": "time_embed.timestep_embedder.linear_1",
+        "t_embedder.mlp.2": "time_embed.timestep_embedder.linear_2", "t5_y_embedder.to_kv": "time_embed.pooler.to_kv",
+        "t5_y_embedder.to_q": "time_embed.pooler.to_q", "t5_y_embedder.to_out": "time_embed.pooler.to_out",
+        "t5_yproj": "time_embed.caption_proj", "final_layer.linear": "proj_out",
+    }  # fmt: skip
+    out = {f"{o}.{p}": state[f"{d}.{p}"] for o, d in renamed.items() for p in ("weight", "bias")}
+    out["final_layer.mod.weight"] = swap_scale_shift(state["norm_out.linear.weight"], 0)
+    out["final_layer.mod.bias"] = swap_scale_shift(state["norm_out.linear.bias"], 0)
+    out["pos_frequencies"] = state["pos_frequencies"]
+    for i in range(num_layers):
+        o, d, last = f"blocks.{i}.", f"transformer_blocks.{i}.", i == num_layers - 1
+        context_mod = "norm1_context.linear_1" if last else "norm1_context.linear"
+        for p in ("weight", "bias"):
+            out[o + f"mod_x.{p}"] = state[d + f"norm1.linear.{p}"]
+            out[o + f"mod_y.{p}"] = state[d + f"{context_mod}.{p}"]
+            out[o + f"attn.proj_x.{p}"] = state[d + f"attn1.to_out.0.{p}"]
+            if not last:
+                out[o + f"attn.proj_y.{p}"] = state[d + f"attn1.to_add_out.{p}"]
+        out[o + "attn.qkv_x.weight"] = torch.cat([state[d + f"attn1.to_{x}.weight"] for x in "qkv"])
+        out[o + "attn.qkv_y.weight"] = torch.cat([state[d + f"attn1.add_{x}_proj.weight"] for x in "qkv"])
+        for orig, ours in (("q_norm_x", "norm_q"), ("k_norm_x", "norm_k"), ("q_norm_y", "norm_added_q"),
+                           ("k_norm_y", "norm_added_k")):  # fmt: skip
+            out[o + f"attn.{orig}.weight"] = state[d + f"attn1.{ours}.weight"]
+        for stream, ff in (("x", "ff"), ("y", "ff_context")) if not last else (("x", "ff"),):
+            out[o + f"mlp_{stream}.w1.weight"] = swap_proj_gate(state[d + f"{ff}.net.0.proj.weight"])
+            out[o + f"mlp_{stream}.w2.weight"] = state[d + f"{ff}.net.2.weight"]
+    return out
+
+
+def test_mochi_comfyui_lora_applied_to_the_original_checkpoint_equals_ours_through_diffusers(tiny_mochi):
+    """ComfyUI adds a LoRA to the original checkpoint's modules, where Mochi fuses q, k and v into qkv_x
+    (qkv_y for the text). Applied there as ComfyUI applies it (alpha / rank x up @ down) and converted
+    by diffusers' own Mochi converter (48 blocks, so the tiny DiT at that depth), the ComfyUI file gives
+    the weights our LoRA gives at alpha / rank, every target included, also where only part of a fused
+    module is adapted (to_q alone in block 1)."""
+    from diffusers.loaders.single_file_utils import convert_mochi_transformer_checkpoint_to_diffusers
+
+    from fastvideo.models.mochi import MochiAdapter
+    from fastvideo.models.tiny import TINY_MOCHI_DIT
+    from fastvideo.training.lora import comfyui_weights
+
+    layers, rank, alpha = 48, 4, 8.0
+    torch.manual_seed(0)
+    model = MochiTransformer3DModel(**{**TINY_MOCHI_DIT, "num_layers": layers})
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    original = mochi_original_checkpoint(state, layers)
+    round_trip = convert_mochi_transformer_checkpoint_to_diffusers(dict(original))
+    assert round_trip.keys() == state.keys() and all(torch.equal(round_trip[k], v) for k, v in state.items())
+
+    modules = dict(model.named_modules())
+    targets = MochiAdapter.lora_targets.split(",")
+    weights, expected = {}, dict(state)
+    for i in range(layers):
+        for proj in targets if i != 1 else ["to_q"]:
+            name = f"transformer_blocks.{i}.attn1.{proj}"
+            if name not in modules:  # the last block has no text output projection
+                continue
+            linear = modules[name]
+            down = torch.randn(rank, linear.in_features) / 10
+            up = torch.randn(linear.out_features, rank) / 10
+            weights[f"transformer.{name}.lora_A.weight"] = down
+            weights[f"transformer.{name}.lora_B.weight"] = up
+            expected[f"{name}.weight"] = state[f"{name}.weight"] + alpha / rank * up @ down
+    comfy = comfyui_weights(weights, alpha, MochiAdapter(tiny_mochi))
+    assert comfy["diffusion_model.blocks.0.attn.qkv_x.lora_down.weight"].shape == (3 * rank, 128)
+    assert comfy["diffusion_model.blocks.1.attn.qkv_x.lora_up.weight"].shape == (3 * 128, rank)
+    patched = dict(original)
+    for key in [k for k in comfy if k.endswith(".lora_down.weight")]:
+        module = key.removeprefix("diffusion_model.").removesuffix(".lora_down.weight")
+        down, up = comfy[key], comfy[key.replace("lora_down", "lora_up")]
+        scale = float(comfy[key.replace("lora_down.weight", "alpha")]) / down.shape[0]  # as ComfyUI scales
+        patched[f"{module}.weight"] = original[f"{module}.weight"] + scale * up @ down
+    got = convert_mochi_transformer_checkpoint_to_diffusers(patched)
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-6)

@@ -314,9 +314,11 @@ class ModelAdapter(abc.ABC):
     def default_sigmas(self, num_steps: int) -> torch.Tensor:
         """The family's default sampling noise levels: ``[num_steps + 1]`` float32, descending to 0."""
 
-    def comfyui_module(self, name: str) -> str:
-        """ComfyUI's (the original checkpoint's) name of the DiT module diffusers calls ``name``, for LoRA
-        files ComfyUI loads; ValueError where the family has no mapping."""
+    def comfyui_target(self, name: str) -> tuple[str, int, int]:
+        """Where diffusers' DiT module ``name`` lives in the original checkpoint (what ComfyUI loads LoRA
+        into): ``(module, part, parts)``, ``name`` being row block ``part`` of ``parts`` equal blocks of
+        that module's weight (a fused projection: Mochi's ``qkv_x`` holds to_q, to_k, to_v), or ``(module,
+        0, 1)``. ValueError where the family has no mapping."""
         raise ValueError(f"writing ComfyUI LoRA keys is not supported for {self.family} yet")
 
     def pcm_schedule(self) -> dict:

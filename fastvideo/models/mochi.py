@@ -9,6 +9,7 @@ so precomputed latents live in the same space the transformer samples in.
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import torch
@@ -21,6 +22,17 @@ from fastvideo.models.base import Condition, ModelAdapter, SamplingDefaults, Vid
 # diffusers' Mochi RoPE opens a float32 autocast region, which CPU autocast declines with a warning
 # on every forward; the computation is fp32 either way.
 warnings.filterwarnings("ignore", message="In CPU autocast, but the target dtype is not supported")
+
+
+# diffusers' attention projection -> (the original checkpoint's module, part, parts), as diffusers'
+# convert_mochi_transformer_checkpoint_to_diffusers splits them: qkv_x / qkv_y are to_q, to_k, to_v /
+# add_q_proj, add_k_proj, add_v_proj stacked in that order along the output rows.
+MOCHI_COMFYUI_NAMES = {
+    **{proj: ("attn.qkv_x", i, 3) for i, proj in enumerate(("to_q", "to_k", "to_v"))},
+    **{proj: ("attn.qkv_y", i, 3) for i, proj in enumerate(("add_q_proj", "add_k_proj", "add_v_proj"))},
+    "to_out.0": ("attn.proj_x", 0, 1),
+    "to_add_out": ("attn.proj_y", 0, 1),
+}
 
 
 class MochiAdapter(ModelAdapter):
@@ -41,6 +53,14 @@ class MochiAdapter(ModelAdapter):
     ):
         super().__init__(model_path, device=device, dtype=dtype, expert=expert)
         self.vae_tiling = vae_tiling
+
+    def comfyui_target(self, name: str) -> tuple[str, int, int]:
+        parts = re.fullmatch(r"transformer_blocks\.(\d+)\.attn1\.(.+)", name)
+        target = parts and MOCHI_COMFYUI_NAMES.get(parts[2])
+        if not target:
+            raise ValueError(f"no ComfyUI name for Mochi module {name!r} (attention projections only)")
+        module, part, count = target
+        return f"blocks.{parts[1]}.{module}", part, count
 
     # --- VAE -------------------------------------------------------------------------------------
     def load_vae(self) -> AutoencoderKLMochi:

@@ -163,14 +163,14 @@ class WanAdapter(ModelAdapter):
         scheduler.set_timesteps(num_steps)
         return scheduler.sigmas.to(torch.float32)
 
-    def comfyui_module(self, name: str) -> str:
+    def comfyui_target(self, name: str) -> tuple[str, int, int]:
         # diffusers' attn1/attn2 are Wan's self_attn/cross_attn, to_q/k/v/out.0 its q/k/v/o, ffn.net.0.proj
         # and ffn.net.2 its ffn.0 and ffn.2: the names of the original checkpoint that ComfyUI loads.
         parts = re.fullmatch(r"blocks\.(\d+)\.(attn1|attn2|ffn)\.(.+)", name)
         renamed = parts and WAN_COMFYUI_NAMES.get((parts[2], parts[3]))
         if not renamed:
             raise ValueError(f"no ComfyUI name for Wan module {name!r}")
-        return f"blocks.{parts[1]}.{renamed}"
+        return f"blocks.{parts[1]}.{renamed}", 0, 1
 
     def pcm_schedule(self) -> dict:
         return {"schedule": "shift", "shift": self.flow_shift()}

@@ -22,8 +22,8 @@ OPTIMIZERS = ("adamw", "adamw8bit", "prodigy")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
 
-# Families whose adapter maps LoRA modules to ComfyUI's names (ModelAdapter.comfyui_module).
-COMFYUI_FAMILIES = ("wan",)
+# Families whose adapter maps LoRA modules to ComfyUI's names (ModelAdapter.comfyui_target).
+COMFYUI_FAMILIES = ("mochi", "wan")
 
 
 @dataclass
@@ -105,7 +105,7 @@ class TrainConfig:
     """Comma-separated module names inside the repeated blocks, or re:<regex> over full module names;
     empty: the family's default (Mochi: both attention streams; Wan: self- and cross-attention)."""
     lora_comfyui: bool = False
-    """Also write the exported LoRA under ComfyUI's key names (lora/comfyui_lora.safetensors; Wan)."""
+    """Also write the exported LoRA under ComfyUI's key names (lora/comfyui_lora.safetensors)."""
     lora_base_dtype: str = "auto"
     """dtype of the frozen base weights under LoRA: auto (the compute dtype: bf16 on GPU), bf16 or fp32."""
     id_token: str = ""

@@ -22,7 +22,7 @@ training rank and alpha. Load it as::
 (and ``--lora_comfyui`` at training) also writes ``comfyui_lora.safetensors``: the same adapters
 under the original checkpoint's module names, as ComfyUI loads them
 (``diffusion_model.<module>.lora_down.weight``, ``lora_up.weight`` and ``alpha``, so the file
-carries its own scale); Wan only so far::
+carries its own scale; Mochi's fused qkv projections get one block-diagonal adapter each)::
 
     python -m fastvideo.training.lora comfyui --model_type wan --lora_path outputs/lora-wan/lora
 """
@@ -131,13 +131,31 @@ def save_lora(
 
 def comfyui_weights(weights: dict[str, torch.Tensor], alpha: float, adapter) -> dict[str, torch.Tensor]:
     """``weights`` (diffusers' names) under ComfyUI's: ``diffusion_model.<original module>.lora_down``/
-    ``lora_up`` plus an ``alpha`` per module, so loaders apply ``alpha / rank`` as fastvideo does."""
-    out = {}
+    ``lora_up`` plus an ``alpha`` per module, so loaders apply fastvideo's ``alpha / rank``.
+
+    Adapters of projections the original checkpoint fuses into one module (``adapter.comfyui_target``:
+    Mochi's qkv) become one adapter of that module: the downs stacked, the ups block-diagonal (a part
+    without an adapter keeps zero rows), so its delta is each part's delta in its own rows; its rank is
+    the sum of theirs, so its alpha grows with it and the scale stays ``alpha / rank``.
+    """
+    modules: dict[str, dict[int, dict[str, torch.Tensor]]] = {}
+    counts: dict[str, int] = {}
     for key, tensor in weights.items():
         module, kind = re.sub(r"^transformer\.", "", key).split(".lora_")
-        name = f"diffusion_model.{adapter.comfyui_module(module)}"
-        out[f"{name}.lora_{'down' if kind.startswith('A') else 'up'}.weight"] = tensor.contiguous()
-        out[f"{name}.alpha"] = torch.tensor(float(alpha))
+        target, part, parts = adapter.comfyui_target(module)
+        modules.setdefault(target, {}).setdefault(part, {})["down" if kind.startswith("A") else "up"] = tensor
+        counts[target] = parts
+    out = {}
+    for target, found in modules.items():
+        name, order = f"diffusion_model.{target}", sorted(found)
+        rank = found[order[0]]["down"].shape[0]
+        rows = found[order[0]]["up"].shape[0]
+        up = torch.zeros(rows * counts[target], rank * len(order), dtype=found[order[0]]["up"].dtype)
+        for column, part in enumerate(order):
+            up[part * rows : (part + 1) * rows, column * rank : (column + 1) * rank] = found[part]["up"]
+        out[f"{name}.lora_down.weight"] = torch.cat([found[p]["down"] for p in order]).contiguous()
+        out[f"{name}.lora_up.weight"] = up
+        out[f"{name}.alpha"] = torch.tensor(float(alpha) * len(order))
     return out
 
 

@@ -17,6 +17,10 @@ world group), so N GPUs cut one video's latency. Per prompt and seed:
    (steps, guidance, negative prompt and fps default to the family's ``adapter.sampling``);
 3. VAE decode with tiling (job i is decoded by rank ``i % world``), one mp4 per prompt and seed.
 
+A two-expert folder (Wan 2.2 A14B) samples with both experts, switched where ``WanPipeline``
+switches (``fastvideo.models.experts``); an image-to-video folder (Wan 2.1 I2V) takes the first
+frame from ``--image`` and is conditioned on it as ``WanImageToVideoPipeline`` is.
+
 ``Sampler`` is also the in-process API the gradio demo uses (``generate``, ``decode``).
 """
 

@@ -88,12 +88,17 @@ def browser(chromium):
         browser.close()
 
 
+# What a test may serve (indirectly, by name): (model type, tiny model fixture).
+SERVED = {"mochi": ("mochi", "tiny_mochi"), "wan": ("wan", "tiny_wan"), "wan-i2v": ("wan", "tiny_wan_i2v")}
+
+
 @pytest.fixture(scope="module")
 def demo_server(request, browser, repo_root, tmp_path_factory):
-    """The demo serving a family's tiny model (``mochi`` unless a test names another, indirectly)."""
-    family = getattr(request, "param", "mochi")
-    model = request.getfixturevalue(f"tiny_{family}")
-    folder = tmp_path_factory.mktemp(f"demo-{family}")
+    """The demo serving a tiny model of SERVED (``mochi`` unless a test names another, indirectly)."""
+    name = getattr(request, "param", "mochi")
+    family, fixture = SERVED[name]
+    model = request.getfixturevalue(fixture)
+    folder = tmp_path_factory.mktemp(f"demo-{name}")
     cmd = [sys.executable, "fastvideo/demo/gradio_web_demo.py", "--model_type", family, "--model_path", str(model),
            "--port", str(free_port()), "--output_path", str(folder / "videos"),
            *(arg for name, value in SMALL.items() for arg in (f"--default_{name}", str(value)))]  # fmt: skip
@@ -174,6 +179,27 @@ def test_invalid_values_give_a_message_and_the_server_carries_on(page, demo_serv
     src = page.wait_for_function(VIDEO_READY, timeout=GENERATION_TIMEOUT_MS).json_value()
     assert video_frames(page, src, tmp_path) == SMALL["frames"]
     expect(status).to_contain_text("Seed 7 ")
+    assert "Traceback" not in demo_server.log.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("demo_server", ["wan-i2v"], indirect=True)
+def test_image_to_video_demo_asks_for_the_first_frame_and_uses_it(page, demo_server, tmp_path):
+    import numpy as np
+    from PIL import Image
+    from playwright.sync_api import expect
+
+    status = page.locator("#status")
+    expect(page.get_by_text("fastvideo image-to-video")).to_be_visible()
+    generate(page)
+    expect(status).to_contain_text("give the first frame", timeout=30_000)
+    image = tmp_path / "first.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)).save(image)
+    page.locator("#first-frame input[type=file]").set_input_files(str(image))
+    expect(page.locator("#first-frame img")).to_be_visible(timeout=30_000)
+    generate(page)
+    src = page.wait_for_function(VIDEO_READY, timeout=GENERATION_TIMEOUT_MS).json_value()
+    assert video_frames(page, src, tmp_path) == SMALL["frames"]
     assert "Traceback" not in demo_server.log.read_text()
 
 

@@ -15,7 +15,8 @@ scheduler, and shows a progress bar, then the video, the seed used and the time 
 loaded once, in one process (on the GPU when there is one), and is not thread-safe, so gradio's queue
 runs one generation at a time and other users wait in line (their position is shown). Invalid values
 (frames not 6k+1, sizes not multiples of 16, more steps than a PCM grid has, an empty prompt) come
-back as a message in the page; nothing is generated and the server carries on.
+back as a message in the page; nothing is generated and the server carries on. An image-to-video
+folder (Wan 2.1 I2V) adds a first-frame image to the form, and needs it.
 """
 
 from __future__ import annotations
@@ -77,14 +78,14 @@ class VideoMaker:
 
     def generate(
         self, prompt, negative_prompt, seed, randomise, guidance_scale, num_frames, height, width,
-        num_inference_steps, scheduler_type,
+        num_inference_steps, scheduler_type, image=None,
         progress=gr.Progress(),  # noqa: B008 (gradio finds its progress tracker by this default)
     ):  # fmt: skip
         """Returns (video path, status); an invalid value gives (unchanged video, the message)."""
         try:
             request = form_request(
                 prompt, negative_prompt, seed, randomise, guidance_scale, num_frames, height, width,
-                num_inference_steps, scheduler_type,
+                num_inference_steps, scheduler_type, image,
             )  # fmt: skip
             kind, _, guidance = self.sampler.resolve(request)
         except ValueError as err:
@@ -119,7 +120,7 @@ class VideoMaker:
 
 def form_request(
     prompt, negative_prompt, seed, randomise, guidance_scale, num_frames, height, width,
-    num_inference_steps, scheduler_type,
+    num_inference_steps, scheduler_type, image=None,
 ) -> Request:  # fmt: skip
     """The form's values as a ``Request``; ValueError names an empty field (the sampler checks the rest)."""
     if not (prompt or "").strip():
@@ -137,6 +138,7 @@ def form_request(
         num_frames=int(num_frames), height=int(height), width=int(width),
         num_inference_steps=int(num_inference_steps),
         guidance_scale=float(guidance_scale) if guidance_scale else None, scheduler_type=scheduler_type,
+        image=image or "",
     )  # fmt: skip
 
 
@@ -153,9 +155,15 @@ def build_demo(
     maker = VideoMaker(sampler, Path(output_dir), fps)
     rules = sampler.adapter.rules
     with gr.Blocks(title="fastvideo") as demo:
-        gr.Markdown(f"# fastvideo text-to-video\nModel: `{sampler.model_path}`")
+        kind = "image-to-video" if sampler.adapter.image_to_video else "text-to-video"
+        gr.Markdown(f"# fastvideo {kind}\nModel: `{sampler.model_path}`")
         with gr.Row():
             with gr.Column():
+                first_frame = (
+                    [gr.Image(label="First frame", type="filepath", elem_id="first-frame")]
+                    if sampler.adapter.image_to_video
+                    else []
+                )
                 prompt = gr.Textbox(label="Prompt", placeholder="a red circle moving right")
                 negative = gr.Textbox(label="Negative prompt (optional)")
                 with gr.Row():
@@ -179,7 +187,19 @@ def build_demo(
             with gr.Column():
                 video = gr.Video(label="Video", elem_id="video", interactive=False)
                 status = gr.Markdown(elem_id="status")
-        inputs = [prompt, negative, seed, randomise, guidance, frames, height, width, steps, scheduler]
+        inputs = [
+            prompt,
+            negative,
+            seed,
+            randomise,
+            guidance,
+            frames,
+            height,
+            width,
+            steps,
+            scheduler,
+            *first_frame,
+        ]
         for trigger in (button.click, prompt.submit):
             trigger(maker.generate, inputs, [video, status], concurrency_limit=1, concurrency_id="model")
     return demo.queue(default_concurrency_limit=1, max_size=max_queue)

@@ -92,9 +92,9 @@ def write_pipeline_folder(
     ``text_encoder``, ``tokenizer``, ``transformer``, and ``text_encoder_2``, ``transformer_2`` ...
     where the family has them) that ``out`` lacks, except ``scheduler`` when one is given (saved
     instead) and the ``trained`` folder itself (``transformer``, ``transformer_2``, or a LoRA run's
-    ``lora``, whose base DiT is then linked; ``""`` links every component). Folders named in ``keep`` (a LoRA of another expert)
-    are linked too where ``base`` has them. Returns what is missing (nothing when the folder is
-    whole); existing real folders are kept.
+    ``lora``, whose base DiT is then linked; ``""`` links every component). Folders named in
+    ``keep`` (the LoRA of an expert the run left unchanged) are linked too where ``base`` has them.
+    Returns what is missing (nothing when the folder is whole); existing real folders are kept.
     """
     index_path = base / "model_index.json"
     if not index_path.is_file():

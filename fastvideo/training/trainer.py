@@ -561,6 +561,13 @@ class Trainer:
             return folder
         return "lora" + folder.removeprefix("transformer")
 
+    def other_expert_lora(self) -> tuple[str, ...]:
+        """The LoRA folder of the expert this run leaves unchanged (``--expert``), which the output keeps
+        from the base; a LoRA of the trained DiT itself was made for other weights and is never kept."""
+        if not self.cfg.expert:
+            return ()
+        return ("lora_2",) if self.cfg.expert == "high" else ("lora",)
+
     def export(self) -> None:
         out = Path(self.cfg.output_dir)
         name = self.export_name()
@@ -571,7 +578,7 @@ class Trainer:
         if self.dist.is_main:
             base = Path(self.cfg.model_path)
             missing = write_pipeline_folder(
-                out, base, self.export_scheduler(), trained=name, keep=("lora", "lora_2")
+                out, base, self.export_scheduler(), trained=name, keep=self.other_expert_lora()
             )
             if missing:
                 print(f"warning: {out} is not a whole pipeline folder; missing {', '.join(missing)}")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sourced by the recipes (not run on its own): the model family and the default paths that follow it.
-#   MODEL_TYPE (mochi): mochi | wan. The embedded tiny model of a family is data/tiny-$MODEL_TYPE;
+#   MODEL_TYPE (mochi): mochi | wan | cogvideox | hunyuan. The embedded tiny model of a family is data/tiny-$MODEL_TYPE;
 #   its preprocessed synthetic set is data/processed (Mochi, as before) or data/processed-$MODEL_TYPE.
 MODEL_TYPE=${MODEL_TYPE:-mochi}
 TINY_MODEL=data/tiny-$MODEL_TYPE

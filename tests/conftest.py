@@ -42,6 +42,64 @@ def tiny_wan_i2v(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_hunyuan(tmp_path_factory) -> Path:
+    """HunyuanVideo's layout at tiny size: a 2+2-block DiT, a tiny Llama and CLIP text tower, a random VAE."""
+    from fastvideo.models.tiny import build_tiny
+
+    return build_tiny("hunyuan", tmp_path_factory.mktemp("models") / "tiny-hunyuan", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_hunyuan_i2v(tmp_path_factory) -> Path:
+    """HunyuanVideo-I2V's layout at tiny size (HunyuanVideoImageToVideoPipeline): the DiT with token_replace,
+    a tiny Llava (576 image tokens, the pipeline's default template), the CLIP text tower, a random VAE."""
+    from fastvideo.models.tiny import build_tiny
+
+    return build_tiny(
+        "hunyuan", tmp_path_factory.mktemp("models") / "tiny-hunyuan-i2v", seed=0, variant="i2v"
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_cogvideox(tmp_path_factory) -> Path:
+    """CogVideoX-5b's layout at tiny size: a 4-block DiT with rotary positions, T5 at 226 tokens, a random VAE."""
+    from fastvideo.models.tiny import build_tiny
+
+    return build_tiny("cogvideox", tmp_path_factory.mktemp("models") / "tiny-cogvideox", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_cogvideox_2b(tmp_path_factory) -> Path:
+    """CogVideoX-2b's layout at tiny size: sinusoidal positions, SNR shift 3."""
+    from fastvideo.models.tiny import build_tiny
+
+    return build_tiny(
+        "cogvideox", tmp_path_factory.mktemp("models") / "tiny-cogvideox-2b", seed=0, variant="2b"
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_cogvideox_i2v(tmp_path_factory) -> Path:
+    """CogVideoX-5b-I2V's layout at tiny size: 32 input channels (the first frame's latents beside the
+    noisy ones), learned positions."""
+    from fastvideo.models.tiny import build_tiny
+
+    return build_tiny(
+        "cogvideox", tmp_path_factory.mktemp("models") / "tiny-cogvideox-i2v", seed=0, variant="i2v"
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_cogvideox_15(tmp_path_factory) -> Path:
+    """CogVideoX 1.5's layout at tiny size: latent frames patched in pairs."""
+    from fastvideo.models.tiny import build_tiny
+
+    return build_tiny(
+        "cogvideox", tmp_path_factory.mktemp("models") / "tiny-cogvideox-15", seed=0, variant="1.5"
+    )
+
+
+@pytest.fixture(scope="session")
 def synthetic(tmp_path_factory):
     from fastvideo.data_preprocess.synthetic import make_synthetic_dataset
 
@@ -88,6 +146,39 @@ def processed(tmp_path_factory, tiny_mochi, synthetic) -> Path:
 def processed_wan(tmp_path_factory, tiny_wan, synthetic) -> Path:
     """The synthetic set preprocessed for the tiny Wan: 13 frames at 32x48 -> latents [16, 4, 4, 6]."""
     return preprocess_synthetic("wan", tiny_wan, synthetic, tmp_path_factory.mktemp("processed_wan") / "data")
+
+
+@pytest.fixture(scope="session")
+def processed_hunyuan(tmp_path_factory, tiny_hunyuan, synthetic) -> Path:
+    """The synthetic set preprocessed for the tiny HunyuanVideo: 13 frames at 32x48 -> latents [16, 4, 4, 6],
+    the record prompt_embeds [256, 32], prompt_attention_mask [256], pooled_prompt_embeds [32]."""
+    out = tmp_path_factory.mktemp("processed_hunyuan") / "data"
+    return preprocess_synthetic("hunyuan", tiny_hunyuan, synthetic, out)
+
+
+@pytest.fixture(scope="session")
+def processed_hunyuan_i2v(tmp_path_factory, tiny_hunyuan_i2v, synthetic) -> Path:
+    """The synthetic set preprocessed for the tiny HunyuanVideo image-to-video: the text record encoded with
+    each clip's first frame (prompt_embeds [396, 32]: 144 image tokens, then the prompt's), and its
+    image_latents [16, 1, 4, 6]."""
+    out = tmp_path_factory.mktemp("processed_hunyuan_i2v") / "data"
+    return preprocess_synthetic("hunyuan", tiny_hunyuan_i2v, synthetic, out)
+
+
+@pytest.fixture(scope="session")
+def processed_cogvideox(tmp_path_factory, tiny_cogvideox, synthetic) -> Path:
+    """The synthetic set preprocessed for the tiny CogVideoX: 13 frames at 32x48 -> latents [16, 4, 4, 6],
+    the record prompt_embeds [226, 32]."""
+    out = tmp_path_factory.mktemp("processed_cogvideox") / "data"
+    return preprocess_synthetic("cogvideox", tiny_cogvideox, synthetic, out)
+
+
+@pytest.fixture(scope="session")
+def processed_cogvideox_i2v(tmp_path_factory, tiny_cogvideox_i2v, synthetic) -> Path:
+    """The synthetic set preprocessed for the tiny CogVideoX image-to-video: the record plus each clip's
+    first-frame latents (image_latents [16, 4, 4, 6], zero past the first latent frame)."""
+    out = tmp_path_factory.mktemp("processed_cogvideox_i2v") / "data"
+    return preprocess_synthetic("cogvideox", tiny_cogvideox_i2v, synthetic, out)
 
 
 @pytest.fixture(scope="session")

@@ -22,9 +22,16 @@ from fastvideo.models.tiny import main as tiny_main
 from fastvideo.models.wan import WanAdapter
 
 FAMILIES = ("mochi", "wan")
-# (model type, variant, fixture): every tiny model, the families' defaults and Wan's other layouts.
+# (model type, variant, fixture): every tiny model, the families' defaults and their other layouts.
 TINY_MODELS = [("mochi", "", "tiny_mochi"), ("wan", "", "tiny_wan"), ("wan", "a14b", "tiny_wan_a14b"),
-               ("wan", "i2v", "tiny_wan_i2v")]  # fmt: skip
+               ("wan", "i2v", "tiny_wan_i2v"), ("cogvideox", "", "tiny_cogvideox"),
+               ("cogvideox", "2b", "tiny_cogvideox_2b"), ("cogvideox", "i2v", "tiny_cogvideox_i2v"),
+               ("cogvideox", "1.5", "tiny_cogvideox_15"), ("hunyuan", "", "tiny_hunyuan"),
+               ("hunyuan", "i2v", "tiny_hunyuan_i2v")]  # fmt: skip
+# Folders a layout has beyond transformer, vae, text_encoder, tokenizer and scheduler.
+EXTRA_FOLDERS = {("wan", "a14b"): ("transformer_2",), ("wan", "i2v"): ("image_encoder", "image_processor"),
+                 ("hunyuan", ""): ("text_encoder_2", "tokenizer_2"),
+                 ("hunyuan", "i2v"): ("text_encoder_2", "tokenizer_2", "image_processor")}  # fmt: skip
 
 
 @pytest.fixture(params=TINY_MODELS, ids=lambda p: p[2])
@@ -55,7 +62,7 @@ def test_tiny_build_is_deterministic(tiny_model, tmp_path):
 
 def test_tiny_has_diffusers_layout(tiny_model):
     model_type, variant, built = tiny_model
-    extra = {"": (), "a14b": ("transformer_2",), "i2v": ("image_encoder", "image_processor")}[variant]
+    extra = EXTRA_FOLDERS.get((model_type, variant), ())
     for sub in ("transformer", "vae", "text_encoder", "tokenizer", "scheduler", *extra):
         assert (built / sub).is_dir(), sub
     index = json.loads((built / "model_index.json").read_text())
@@ -194,6 +201,24 @@ def test_wan_latents_round_trip_through_pipeline_normalisation(tiny_wan):
     decoded = adapter.decode_latents(vae, latents)
     assert decoded.shape == video.shape
     torch.testing.assert_close(decoded, vae.decode(raw).sample, rtol=1e-4, atol=1e-4)
+
+
+def test_cogvideox_latents_decode_as_cogvideox_pipeline_decodes(tiny_cogvideox):
+    """encode_video scales the posterior mode by the VAE's scaling_factor, and decode_latents is
+    CogVideoXPipeline.decode_latents (frames-first latents divided by it) in fastvideo's layout."""
+    from diffusers import CogVideoXPipeline
+
+    from fastvideo.models.cogvideox import CogVideoXAdapter
+
+    adapter = CogVideoXAdapter(tiny_cogvideox)
+    vae = adapter.load_vae()
+    video = torch.rand(1, 3, 9, 32, 48) * 2 - 1
+    latents = adapter.encode_video(vae, video)
+    assert latents.shape == (1, 16, *adapter.rules.latent_shape(9, 32, 48, 16)[1:]) == (1, 16, 3, 4, 6)
+    torch.testing.assert_close(latents, vae.encode(video).latent_dist.mode() * 0.7)
+    pipe = CogVideoXPipeline.from_pretrained(tiny_cogvideox)
+    theirs = pipe.decode_latents(latents.permute(0, 2, 1, 3, 4)).clamp(-1, 1)
+    torch.testing.assert_close(adapter.decode_latents(vae, latents), theirs, rtol=1e-4, atol=1e-4)
 
 
 def test_tiny_cli_output_follows_the_model_type(tmp_path, monkeypatch):

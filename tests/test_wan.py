@@ -29,7 +29,6 @@ from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransform
 from runs import (
     ADAM_EPS,
     B2,
-    B4,
     STEPS,
     TRAIN,
     assert_same_run,
@@ -104,17 +103,6 @@ def test_fsdp2_equals_one_process(tmp_path, tiny_wan, processed_wan, wan_ref):
     run(TRAIN, out, tiny_wan, processed_wan, *FULL, "--max_train_steps", STEPS, "--train_batch_size", 1,
         nproc=2)  # fmt: skip
     assert_same_run(out, wan_ref, names=BOTH)
-
-
-def test_hsdp_2x2_equals_one_process(tmp_path, tiny_wan, processed_wan):
-    """HSDP: 2 replicas of 2 shards on 4 ranks equal one process on the global batch of 4 (clipping on;
-    no validation, which 4 ranks on 2 cores make slow)."""
-    args = [*WAN, *B4, "--validation_steps", 0]
-    ref, out = tmp_path / "ref", tmp_path / "run"
-    run(TRAIN, ref, tiny_wan, processed_wan, *args, "--train_batch_size", 4)
-    run(TRAIN, out, tiny_wan, processed_wan, *args, "--dp_replicate", 2, "--dp_shard", 2, "--train_batch_size", 1,
-        nproc=4)  # fmt: skip
-    assert_same_run(out, ref, names=BOTH)
 
 
 def test_export_is_a_wan_pipeline_folder(wan_ref, tiny_wan):

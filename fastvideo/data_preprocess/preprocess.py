@@ -9,7 +9,8 @@ r"""Turn videos and captions into latents and text embeddings, once, across all 
 Two passes so a rank never holds the VAE and the text encoder at once: a VAE pass writing
 ``latent/<name>.pt`` ([C, T, h, w]) and a text pass writing the family's conditioning record, one
 folder per tensor (Mochi: ``prompt_embed/<name>.pt`` [L, D] and ``prompt_attention_mask/<name>.pt``
-[L] bool; Wan: ``prompt_embed/`` only), plus ``null_condition.pt``, the encoded empty prompt. Each
+[L] bool; Wan: ``prompt_embed/`` only; HunyuanVideo image-to-video encodes each caption with its clip's
+first frame), plus ``null_condition.pt``, the encoded empty prompt. Each
 rank takes every world_size-th item. Rank 0 then writes ``videos2caption.json`` (FastVideo's
 layout, :mod:`fastvideo.dataset.layout`), ``validation/`` records for the validation prompts, and
 ``preprocess_report.json`` listing every skipped item with its reason.
@@ -127,7 +128,8 @@ class PreprocessConfig:
                 raise ValueError(f"--{name} must be one of {list(DTYPES)}")
         if self.verify < 0 or self.text_batch_size < 1:
             raise ValueError("--verify must be >= 0 and --text_batch_size >= 1")
-        rules = get_adapter_class(self.model_type).rules
+        # The folder's rules (CogVideoX 1.5 pairs latent frames), read from its configs; nothing loads.
+        rules = get_adapter_class(self.model_type)(self.model_path).rules
         problems = [
             p for p in (rules.frame_error(self.num_frames), rules.size_error(self.height, self.width)) if p
         ]
@@ -182,6 +184,7 @@ class Layout:
         self.conditions = condition_fields(adapter.condition_keys)
         self.text = condition_fields(adapter.text_condition_keys)
         self.image = condition_fields(adapter.image_condition_keys)
+        self.text_sees_image = adapter.prompt_sees_image  # the text record depends on the clip's first frame
         self.validation = self.root / VALIDATION_DIR
         self.verify = self.root / "verify"
 
@@ -270,9 +273,10 @@ def invalidate_changed(items: list[Item], layout: Layout, previous: dict[str, di
         rec = previous.get(item.name)
         if rec is None:
             continue
-        if rec.get("media_signature") != media_signature(item):
+        media_changed = rec.get("media_signature") != media_signature(item)
+        if media_changed:
             layout.latent_file(item).unlink(missing_ok=True)
-        if rec.get("caption") != item.caption:
+        if rec.get("caption") != item.caption or (media_changed and layout.text_sees_image):
             for path in layout.condition_files(item.name, part="text").values():
                 path.unlink(missing_ok=True)
 
@@ -333,12 +337,13 @@ def text_pass(cfg, adapter: ModelAdapter, items: list[Item], layout: Layout, dis
     embed_dtype = DTYPES[cfg.embed_dtype]
     batches = [todo[i : i + cfg.text_batch_size] for i in range(0, len(todo), cfg.text_batch_size)]
     for batch in progress(batches, dist_info, "Text encode", unit="batch"):
-        cond = adapter.encode_prompts([with_id_token(cfg.id_token, it.caption) for it in batch])
+        cond = encode_captions(cfg, adapter, [with_id_token(cfg.id_token, it.caption) for it in batch], batch)
         for j, item in enumerate(batch):
             for name, path in layout.condition_files(item.name, part="text").items():
                 atomic_torch_save(stored(cond[name][j], embed_dtype), path)
     if prompts:
-        write_validation(adapter, [with_id_token(cfg.id_token, p) for p in prompts], layout, embed_dtype)
+        prompts = [with_id_token(cfg.id_token, p) for p in prompts]
+        write_validation(cfg, adapter, prompts, layout, embed_dtype, items)
     if write_null:
         # The unconditional input of families that train against the encoded empty prompt (Wan).
         empty = adapter.encode_prompts([""])
@@ -351,13 +356,40 @@ def stored(tensor: torch.Tensor, embed_dtype: torch.dtype) -> torch.Tensor:
     return (tensor.to(embed_dtype) if tensor.is_floating_point() else tensor).contiguous().clone()
 
 
-def write_validation(adapter: ModelAdapter, prompts: list[str], layout: Layout, embed_dtype) -> None:
-    cond = adapter.encode_prompts(prompts)
+def encode_captions(cfg, adapter: ModelAdapter, captions: list[str], items: list[Item]):
+    """The text record of ``items``' captions; a family whose text encoder sees the first frame
+    (``adapter.prompt_sees_image``, HunyuanVideo image-to-video) encodes each with its clip's first frame."""
+    if not adapter.prompt_sees_image:
+        return adapter.encode_prompts(captions)
+    return adapter.encode_prompts(captions, images=[first_frame_image(cfg, adapter, it) for it in items])
+
+
+def first_frame_image(cfg, adapter: ModelAdapter, item: Item):
+    """The clip's first frame as the VAE pass saw it (same frames, same crop), as an 8-bit image."""
+    clip = load_media(item.media_path, cfg.frame_spec(), rng=item_rng(cfg.seed, item))
+    return adapter.frame_image(clip.frames[:, 0])
+
+
+def write_validation(
+    cfg, adapter: ModelAdapter, prompts: list[str], layout: Layout, embed_dtype, items
+) -> None:
+    """The validation prompts' records. Where the text encoder sees the first frame, prompt i is encoded with
+    the first frame of this rank's i-th encoded clip (cyclically), and its record also holds that clip's
+    image conditioning, so validation samples with the frame the text saw."""
+    sources = [it for it in items if layout.has_latent(it)] if adapter.prompt_sees_image else []
+    chosen = [sources[i % len(sources)] for i in range(len(prompts))] if sources else []
+    cond = encode_captions(cfg, adapter, prompts, chosen) if chosen else adapter.encode_prompts(prompts)
     records = []
     for i, prompt in enumerate(prompts):
         for name, path in layout.condition_files(str(i), root=layout.validation, part="text").items():
             atomic_torch_save(stored(cond[name][i], embed_dtype), path)
-        records.append({"caption": prompt, **record_for(str(i), layout.text)})
+        record = {"caption": prompt, **record_for(str(i), layout.text)}
+        if chosen:
+            image_files = layout.condition_files(chosen[i].name, part="image")
+            for name, path in layout.condition_files(str(i), root=layout.validation, part="image").items():
+                atomic_torch_save(torch.load(image_files[name], map_location="cpu", weights_only=True), path)
+            record |= {**record_for(str(i), layout.image), "first_frame_of": str(chosen[i].media_path)}
+        records.append(record)
     atomic_write_json(records, layout.validation / INDEX_FILE)
 
 
@@ -379,9 +411,9 @@ def verify_pass(cfg, adapter: ModelAdapter, items: list[Item], layout: Layout, r
 
 
 # --- index and report ----------------------------------------------------------------------------
-def write_index(cfg, adapter_cls, items: list[Item], layout: Layout) -> list[dict]:
+def write_index(cfg, adapter: ModelAdapter, items: list[Item], layout: Layout) -> list[dict]:
     records = []
-    video_t = adapter_cls.rules.latent_shape(cfg.num_frames, cfg.height, cfg.width, 1)[1]
+    video_t = adapter.rules.latent_shape(cfg.num_frames, cfg.height, cfg.width, 1)[1]
     for item in items:
         if not (layout.has_latent(item) and layout.has_text(item)):
             continue
@@ -502,7 +534,7 @@ def preprocess(cfg: PreprocessConfig, dist_info: DistInfo) -> int:
     results = dist_info.gather_to_main(result)
     if not dist_info.is_main:
         return 0
-    records = write_index(cfg, adapter_cls, items, layout)
+    records = write_index(cfg, adapter, items, layout)
     report = write_report(cfg, layout, records, source_skips, results, len(items))
     print_summary(report, layout)
     if not records:

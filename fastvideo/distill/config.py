@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from fastvideo.models import get_adapter_class
 from fastvideo.models.base import boundary_ratio, component_fingerprint
 from fastvideo.training.config import TrainConfig, transformer_config
 
@@ -98,6 +99,13 @@ class DistillConfig(TrainConfig):
         parse_phase_schedule(self.multi_phased_distill_schedule)
 
     def check_settings(self, world_size: int) -> None:
+        objective = get_adapter_class(self.model_type).objective
+        if objective != "flow_velocity":
+            raise ValueError(
+                f"distilling {self.model_type} is not implemented yet: it trains with {objective}, and PCM here "
+                "distils flow-matching models (the DDPM form with a DDIM solver, whose phases CogVideoXPipeline "
+                "could sample with its own DDIM scheduler, is planned)"
+            )
         if boundary_ratio(self.model_path) is not None:
             raise ValueError(
                 f"{self.model_path} holds two noise-level experts: {_EXPERTS}; fine-tune them with --expert"

@@ -11,6 +11,8 @@ from fastvideo.models.base import Condition, ModelAdapter, SamplingDefaults, Vid
 _REGISTRY = {
     "mochi": "fastvideo.models.mochi:MochiAdapter",
     "wan": "fastvideo.models.wan:WanAdapter",
+    "hunyuan": "fastvideo.models.hunyuan:HunyuanVideoAdapter",
+    "cogvideox": "fastvideo.models.cogvideox:CogVideoXAdapter",
 }
 
 MODEL_TYPES = tuple(_REGISTRY)

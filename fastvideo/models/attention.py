@@ -19,6 +19,18 @@ import torch.nn.functional as F
 BACKENDS = ("auto", "sdpa", "flash")
 
 
+KERNELS = ("sdpa", "flash")
+"""The kernels a processor runs on ("auto" resolved by :func:`resolve_backend` first)."""
+
+
+def check_kernel(backend: str) -> None:
+    """ValueError unless ``backend`` is one of :data:`KERNELS`."""
+    if backend not in KERNELS:
+        raise ValueError(
+            f"attention backend {backend!r} is not one of {', '.join(KERNELS)}; resolve 'auto' first"
+        )
+
+
 def flash_attn_installed() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 

@@ -37,14 +37,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 Condition = dict[str, torch.Tensor]
 """Named conditioning tensors of a batch (dim 0) or, in the dataset, of one sample."""
-
-OBJECTIVES = ("flow_velocity",)
-"""Training targets the trainer implements: flow velocity ``v = noise - x0`` (Mochi, Wan,
-HunyuanVideo). DDPM v-prediction (CogVideoX) is the next; an adapter names its own."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +153,9 @@ class ModelAdapter(abc.ABC):
     text_condition_keys: tuple[str, ...]
     """The text part of the conditioning record (what ``encode_prompts`` returns)."""
     objective: str = "flow_velocity"
-    """What ``predict_velocity``'s output is trained against (one of :data:`OBJECTIVES`)."""
+    """How the family trains (``fastvideo.training.objectives``): ``flow_velocity`` (Mochi, Wan,
+    HunyuanVideo) or ``v_prediction`` (CogVideoX: DDPM v-prediction, carried in flow terms by its adapter,
+    which then also has ``training_sigmas`` and ``loss_weights``)."""
     timesteps_reversed: bool = False
     """The DiT sees ``1000 * (1 - sigma)`` and predicts ``-v`` (Mochi) rather than ``1000 * sigma`` and
     ``v``: the convention of the schedulers saved with the family's pipelines."""
@@ -172,6 +171,9 @@ class ModelAdapter(abc.ABC):
     """The folder's DiT is conditioned on a first frame (``encode_first_frames``)."""
     image_condition_keys: tuple[str, ...] = ()
     """The image part of the record (image-to-video folders), made from each clip's first frame."""
+    prompt_sees_image: bool = False
+    """The text encoder sees the first frame too (HunyuanVideo image-to-video's Llava): ``encode_prompts``
+    then takes ``images=`` (one PIL image per prompt), so the text part of the record depends on the image."""
 
     @property
     def condition_keys(self) -> tuple[str, ...]:
@@ -278,13 +280,45 @@ class ModelAdapter(abc.ABC):
         (preprocessing stores it); a family that needs it raises ValueError without it.
         """
 
+    def empty_prompt_condition(self, like: Condition, empty: Condition | None) -> Condition:
+        """``null_condition`` of a family whose unconditional input is the encoded empty prompt (Wan, CogVideoX,
+        HunyuanVideo): ``empty``'s tensors repeated over ``like``'s batch; an image part of ``like`` stays."""
+        if empty is None:
+            raise ValueError(
+                f"{self.family}'s unconditional input is the encoded empty prompt, and this dataset does not hold "
+                "it; re-run `bash scripts/finetune_data_gen.sh` (it writes null_condition.pt)"
+            )
+        batch = like["prompt_embeds"].shape[0]
+        device = like["prompt_embeds"].device
+        text = {k: v.to(device, like[k].dtype).expand(batch, *v.shape).clone() for k, v in empty.items()}
+        return {**like, **text}
+
     def load_image_encoder(self) -> None:
         """Load what ``encode_first_frames`` needs (image-to-video folders)."""
         raise ValueError(f"{self.model_path} is not an image-to-video model")
 
-    def encode_first_frames(self, vae, images: list, num_frames: int, height: int, width: int) -> Condition:
-        """The image part of the record for first frames (PIL images) of ``num_frames``-frame clips."""
+    def encode_first_frames(
+        self,
+        vae,
+        images: list,
+        num_frames: int,
+        height: int,
+        width: int,
+        generator: torch.Generator | None = None,
+    ) -> Condition:
+        """The image part of the record for first frames (PIL images) of ``num_frames``-frame clips.
+
+        ``generator``: sampling passes its video's generator, for a family whose pipeline draws the image
+        latents from the VAE posterior with it (CogVideoX); preprocessing passes none (the posterior mode)."""
         raise ValueError(f"{self.model_path} is not an image-to-video model")
+
+    @staticmethod
+    def frame_image(frame: torch.Tensor):
+        """A frame ``[3, H, W]`` in [-1, 1] as the 8-bit PIL image it was decoded from."""
+        from PIL import Image
+
+        pixels = ((frame.float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return Image.fromarray(np.ascontiguousarray(pixels.permute(1, 2, 0).numpy()))
 
     # --- video -------------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -313,6 +347,28 @@ class ModelAdapter(abc.ABC):
     @abc.abstractmethod
     def default_sigmas(self, num_steps: int) -> torch.Tensor:
         """The family's default sampling noise levels: ``[num_steps + 1]`` float32, descending to 0."""
+
+    def initial_noise(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        """Sampling's starting noise [B, C, T, H, W] (float32), drawn as the family's pipeline draws it for
+        ``generator`` (so a seed gives the pipeline's video)."""
+        return torch.randn(shape, generator=generator, dtype=torch.float32)
+
+    def initial_latents(self, noise: torch.Tensor, cond: Condition) -> torch.Tensor:
+        """Sampling's first latents from ``initial_noise`` and the record: the noise itself, unless the family's
+        pipeline mixes its condition in (HunyuanVideo image-to-video)."""
+        return noise
+
+    native_schedulers: tuple[str, ...] = ()
+    """Sampler kinds (``--scheduler_type``) that step the family pipeline's own scheduler in its own space
+    (``native_scheduler``, ``predict_v``), beside fastvideo's Euler and PCM: CogVideoX's ``dpm``."""
+
+    def native_scheduler(self, kind: str, num_steps: int):
+        """The pipeline scheduler for ``kind`` (one of ``native_schedulers``) with ``num_steps`` timesteps."""
+        raise ValueError(f"{self.family} has no scheduler {kind!r}")
+
+    def pipeline_layout(self, x: torch.Tensor) -> torch.Tensor:
+        """Latents in the family pipeline's layout and back (its own inverse): unchanged by default."""
+        return x
 
     def comfyui_target(self, name: str) -> tuple[str, int, int]:
         """Where diffusers' DiT module ``name`` lives in the original checkpoint (what ComfyUI loads LoRA

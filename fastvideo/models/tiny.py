@@ -2,6 +2,7 @@
 
     python -m fastvideo.models.tiny --model_type mochi --output data/tiny-mochi
     python -m fastvideo.models.tiny --model_type wan      # --output defaults to data/tiny-<model_type>
+    python -m fastvideo.models.tiny --model_type hunyuan  # HunyuanVideo (random VAE)
 
 writes ``model_index.json`` plus ``transformer/``, ``vae/``, ``text_encoder/``, ``tokenizer/`` and
 ``scheduler/``, deterministically from ``--seed`` and without any network access. The same
@@ -27,6 +28,16 @@ and motion right, shapes rounder and softer than drawn). ``--variant a14b`` lays
 A14B: two such DiTs split by noise level (``transformer``, ``transformer_2``, ``boundary_ratio``
 0.875, flow shift 12); ``--variant i2v`` as Wan 2.1 image-to-video (``WanImageToVideoPipeline``:
 36 input channels, CLIP image tokens in the cross-attention, a tiny CLIP vision tower).
+
+The tiny HunyuanVideo (``--model_type hunyuan``, ``HunyuanVideoPipeline``): a 2+2-block
+``HunyuanVideoTransformer3DModel`` (dual- then single-stream, 4 heads x 16, guidance embedding), a
+3-layer Llama with a tokenizer that makes the pipeline's prompt template's system part the 95 tokens
+it crops, a 2-layer CLIP text tower (pooled prompt), Euler with flow shift 7 as the real folder, and an
+``AutoencoderKLHunyuanVideo`` with the real compression (4x time, 8x space, 16 channels) whose
+weights are random (seeded), not trained: its latents decode to noise. ``--variant i2v`` lays it out as
+HunyuanVideo-I2V (``HunyuanVideoImageToVideoPipeline``): the DiT with ``image_condition_type``
+token_replace and a tiny Llava text encoder whose CLIP vision tower turns the first frame into the 576
+image tokens, and whose tokenizer the 103 cropped tokens, of the pipeline's default template.
 """
 
 from __future__ import annotations
@@ -347,22 +358,352 @@ def build_tiny_wan_i2v(seed: int = 0):
     )  # fmt: skip
 
 
+# The one tiny HunyuanVideo DiT config: 2 dual-stream and 2 single-stream blocks of 4 heads x 16. A head
+# of 16 splits into HunyuanVideo's RoPE axes as 4 (time) + 6 + 6 (height, width), the real (16, 56, 56)
+# in the same proportion; text_embed_dim is the tiny Llama's width, pooled_projection_dim the tiny
+# CLIP's, in/out channels the VAE's 16 latent channels.
+TINY_HUNYUAN_DIT = dict(
+    in_channels=16,
+    out_channels=16,
+    num_attention_heads=4,
+    attention_head_dim=16,
+    num_layers=2,
+    num_single_layers=2,
+    num_refiner_layers=1,
+    mlp_ratio=2.0,
+    patch_size=2,
+    patch_size_t=1,
+    guidance_embeds=True,
+    text_embed_dim=32,
+    pooled_projection_dim=32,
+    rope_axes_dim=(4, 6, 6),
+)
+
+# The tiny AutoencoderKLHunyuanVideo: the real 4x temporal and 8x spatial compression and 16 latent
+# channels, 32 channels at every level, one layer per block. Its weights are random (seeded), not
+# trained like the Mochi and Wan ones: latents decode to noise.
+TINY_HUNYUAN_VAE = dict(
+    latent_channels=16,
+    block_out_channels=(32, 32, 32, 32),
+    layers_per_block=1,
+    norm_num_groups=32,
+    mid_block_add_attention=False,
+)
+
+# HunyuanVideoPipeline crops the first 95 tokens (its template's system part, as Llama 3 tokenizes it)
+# from every encoded prompt; the tiny tokenizer tokenizes that part into as many.
+_LLAMA_SPECIAL = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+                  "<unk>")  # fmt: skip
+# Template words the tiny vocabulary leaves out (spelled in characters), so the system part is 95 tokens.
+_LLAMA_SPELLED = ("by",)
+
+
+def build_llama_tokenizer(prompt_template: dict | None = None):
+    """A tokenizer for the tiny Llama, saved as Llama 3 saves its own (``PreTrainedTokenizerFast``).
+
+    Words (the synthetic captions' and the pipeline's prompt template's) are tokens, other words
+    fall back to characters, ``\\n\\n`` is one token, and Llama 3's header tokens are special, so the
+    template's system part is exactly the tokens the pipeline crops (``crop_start``: 95 for
+    ``HunyuanVideoPipeline``'s template, the default). With image-to-video's template
+    (``HunyuanVideoImageToVideoPipeline``'s, 103) ``<image>`` is a special token too, at the template's
+    ``image_emb_start``, as in llava-llama-3's tokenizer. Prompts are padded on the right with
+    ``<|end_of_text|>`` (the DiT reads the mask as a prefix of valid tokens).
+    """
+    import re
+
+    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    prompt_template = prompt_template or DEFAULT_PROMPT_TEMPLATE
+    template = prompt_template["template"]
+    image_token = ["<image>"] if "<image>" in template else []
+    words = [w for w in dict.fromkeys([*_WORDS, *re.findall(r"\w+", template)]) if w not in _LLAMA_SPELLED]
+    vocab = [(t, 0.0) for t in _LLAMA_SPECIAL] + [("\n\n", -1.0), ("\n", -3.0)]
+    vocab += [(w, -2.0) for w in words] + [(c, -6.0) for c in _CHARS if c not in words]
+    backend = Tokenizer(models.Unigram(vocab, unk_id=_LLAMA_SPECIAL.index("<unk>"), byte_fallback=False))
+    # Words, runs of punctuation and runs of newlines; spaces are dropped.
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"\w+|[^\w\s]+|\n+"), behavior="removed", invert=True)
+    backend.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", 0)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|end_of_text|>",
+        pad_token="<|end_of_text|>",
+        unk_token="<unk>",
+        additional_special_tokens=[*_LLAMA_SPECIAL[2:5], *image_token],
+        padding_side="right",
+        model_max_length=1024,
+    )
+    system = tokenizer(template.split("{}")[0]).input_ids
+    if len(system) != prompt_template["crop_start"]:
+        raise RuntimeError(
+            f"the tiny Llama tokenizer makes {len(system)} tokens of the template's system part, not "
+            f"{prompt_template['crop_start']}"
+        )
+    if (
+        image_token
+        and system.index(tokenizer.convert_tokens_to_ids("<image>")) != prompt_template["image_emb_start"]
+    ):
+        raise RuntimeError(
+            "the tiny Llama tokenizer puts <image> elsewhere than the template's image_emb_start"
+        )
+    return tokenizer
+
+
+def build_clip_tokenizer():
+    """A CLIP tokenizer (byte-level BPE, lowercase, 77 tokens) whose merges spell the caption words."""
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTokenizer
+
+    symbols = sorted(pre_tokenizers.ByteLevel.alphabet())  # the 256 byte symbols
+    vocab = [*symbols, *(s + "</w>" for s in symbols)]
+    merges = []
+    for word in _WORDS:  # left to right: ((w0 w1) w2) ... wn</w>
+        pieces = [*word[:-1], word[-1] + "</w>"]
+        merged = pieces[0]
+        for piece in pieces[1:]:
+            pair = (merged, piece)
+            if pair not in merges:
+                merges.append(pair)
+            merged += piece
+            if merged not in vocab:
+                vocab.append(merged)
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=merges, model_max_length=77)
+
+
+def build_tiny_hunyuan(seed: int = 0):
+    """A HunyuanVideoPipeline with a 2+2-block DiT (4 heads x 16), a 3-layer Llama, a 2-layer CLIP text
+    tower and a random tiny VAE (``TINY_HUNYUAN_VAE``: not trained, so samples decode to noise)."""
+    from diffusers import (
+        AutoencoderKLHunyuanVideo,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideoPipeline,
+        HunyuanVideoTransformer3DModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+
+    tokenizer, tokenizer_2 = build_llama_tokenizer(), build_clip_tokenizer()
+    torch.manual_seed(seed)
+    # Three layers: the pipeline takes the hidden states two layers before the last.
+    text_encoder = LlamaModel(
+        LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                    bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id)
+    )  # fmt: skip
+    text_encoder_2 = CLIPTextModel(
+        CLIPTextConfig(vocab_size=len(tokenizer_2), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, max_position_embeddings=77, projection_dim=32,
+                       bos_token_id=tokenizer_2.bos_token_id, eos_token_id=tokenizer_2.eos_token_id,
+                       pad_token_id=tokenizer_2.pad_token_id)
+    )  # fmt: skip
+    torch.manual_seed(seed + 1)
+    transformer = HunyuanVideoTransformer3DModel(**TINY_HUNYUAN_DIT)
+    torch.manual_seed(seed + 2)
+    vae = AutoencoderKLHunyuanVideo(**TINY_HUNYUAN_VAE)
+    # hunyuanvideo-community/HunyuanVideo's scheduler: Euler on flow sigmas shifted by 7, forward time.
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=7.0)
+    return HunyuanVideoPipeline(
+        text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae, scheduler=scheduler,
+        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+    )  # fmt: skip
+
+
+# The tiny Llava's CLIP vision tower (HunyuanVideo image-to-video's text encoder sees the first frame): 2 layers,
+# 32 wide, at llava-llama-3-8b's geometry, 336x336 pixels in 14x14 patches, so the first frame becomes the
+# 576 image tokens HunyuanVideoImageToVideoPipeline's default prompt template expects (image_emb_len).
+TINY_LLAVA_VISION = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=336,
+    patch_size=14,
+)
+
+
+def build_tiny_hunyuan_i2v(seed: int = 0):
+    """HunyuanVideo image-to-video's layout at tiny size (``HunyuanVideoImageToVideoPipeline``, as
+    ``hunyuanvideo-community/HunyuanVideo-I2V``): the tiny DiT with ``image_condition_type`` token_replace
+    (the first latent frame is the image's, modulated as timestep 0), a tiny Llava (the 3-layer Llama with
+    a tiny CLIP vision tower at 336 px in 14 px patches: 576 image tokens) whose tokenizer makes the
+    pipeline's default template exactly (103 tokens cropped, ``<image>`` at 5), its ``CLIPImageProcessor``,
+    the CLIP text tower and the random VAE of :func:`build_tiny_hunyuan`."""
+    from diffusers import HunyuanVideoImageToVideoPipeline, HunyuanVideoTransformer3DModel
+    from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video_image2video import DEFAULT_PROMPT_TEMPLATE
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
+
+    one = build_tiny_hunyuan(seed)
+    tokenizer = build_llama_tokenizer(DEFAULT_PROMPT_TEMPLATE)
+    # 103 cropped + 256 prompt tokens, with the image token expanded to 576.
+    text_config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    text_encoder = LlavaForConditionalGeneration(
+        LlavaConfig(
+            text_config=text_config,
+            vision_config=CLIPVisionConfig(**TINY_LLAVA_VISION),
+            image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+            pad_token_id=tokenizer.pad_token_id,
+            vision_feature_select_strategy="default",
+            vision_feature_layer=-2,
+        )
+    )
+    side = TINY_LLAVA_VISION["image_size"]
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": side}, crop_size={"height": side, "width": side}
+    )
+    torch.manual_seed(seed + 1)
+    transformer = HunyuanVideoTransformer3DModel(**TINY_HUNYUAN_DIT, image_condition_type="token_replace")
+    return HunyuanVideoImageToVideoPipeline(
+        text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=one.vae,
+        scheduler=one.scheduler, text_encoder_2=one.text_encoder_2, tokenizer_2=one.tokenizer_2,
+        image_processor=image_processor,
+    )  # fmt: skip
+
+
+# The one tiny CogVideoX DiT config (4 blocks of 4 heads x 16, 0.34M parameters): rotary positions as
+# CogVideoX-5b (a head of 16 splits into RoPE bands of 4 (time) + 6 + 6), text_embed_dim the tiny
+# T5's d_model, and the sample size (in latents) that of the tests' 13 frames at 32x48.
+TINY_COGVIDEOX_DIT = dict(
+    num_attention_heads=4,
+    attention_head_dim=16,
+    in_channels=16,
+    out_channels=16,
+    time_embed_dim=32,
+    text_embed_dim=32,
+    num_layers=4,
+    sample_width=6,
+    sample_height=4,
+    sample_frames=13,
+    max_text_seq_length=226,
+    use_rotary_positional_embeddings=True,
+)
+# A tiny AutoencoderKLCogVideoX: 4 levels (8x spatial, 4x temporal compression, 4k+1 frames) of 16
+# channels and 16 latent channels. Random weights: latents of real clips do not decode to pictures yet.
+TINY_COGVIDEOX_VAE = dict(
+    block_out_channels=(16, 16, 16, 16),
+    latent_channels=16,
+    layers_per_block=1,
+    norm_num_groups=8,
+    temporal_compression_ratio=4,
+    down_block_types=("CogVideoXDownBlock3D",) * 4,
+    up_block_types=("CogVideoXUpBlock3D",) * 4,
+)
+
+
+def cogvideox_scheduler(snr_shift_scale: float):
+    """The scheduler the CogVideoX folders ship: DDIM, v-prediction, scaled-linear betas with the SNR shift
+    (2b: 3.0, 5b: 1.0), rescaled to zero terminal SNR, trailing timesteps."""
+    from diffusers import CogVideoXDDIMScheduler
+
+    return CogVideoXDDIMScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+        prediction_type="v_prediction", rescale_betas_zero_snr=True, set_alpha_to_one=True,
+        snr_shift_scale=snr_shift_scale, timestep_spacing="trailing",
+    )  # fmt: skip
+
+
+# What each tiny CogVideoX variant changes in the DiT config.
+COGVIDEOX_VARIANT_DIT = {
+    "": {},
+    # 2B: sinusoidal positions added in the patch embedding instead of RoPE.
+    "2b": {"use_rotary_positional_embeddings": False},
+    # 5B-I2V: the first frame's latents beside the noisy ones (32 channels in) and learned positions,
+    # which fix the sample size (13 frames at 32x48 here, 49 at 480x720 for the real one).
+    "i2v": {"in_channels": 32, "use_learned_positional_embeddings": True},
+    # 1.5: latent frames patched in pairs (temporal patch 2), no patch-embedding bias, and CogVideoX1.5-5B's
+    # sample size, which bounds the RoPE grid it slices from (300 latents square).
+    "1.5": {
+        "patch_size_t": 2,
+        "patch_bias": False,
+        "sample_height": 300,
+        "sample_width": 300,
+        "sample_frames": 81,
+    },
+}
+
+
+def build_tiny_cogvideox(seed: int = 0, variant: str = ""):
+    """A CogVideoXPipeline laid out as CogVideoX-5b (rotary positions, SNR shift 1, VAE scaling 0.7); with
+    ``variant="2b"`` as CogVideoX-2b (sinusoidal positions, SNR shift 3, VAE scaling 1.15258426); with
+    ``"i2v"`` a CogVideoXImageToVideoPipeline as CogVideoX-5b-I2V; with ``"1.5"`` as CogVideoX1.5-5B (temporal
+    patch 2: 4k+1 frames with k+1 even). A 4-block DiT, a random tiny VAE and
+    the 2-layer T5 at 226 tokens."""
+    from diffusers import (
+        AutoencoderKLCogVideoX,
+        CogVideoXImageToVideoPipeline,
+        CogVideoXPipeline,
+        CogVideoXTransformer3DModel,
+    )
+    from transformers import T5Config, T5EncoderModel
+
+    two_b = variant == "2b"
+    tokenizer = build_t5_tokenizer(model_max_length=226)
+    torch.manual_seed(seed)
+    text_encoder = T5EncoderModel(tiny_t5_config(T5Config, len(tokenizer)))
+    torch.manual_seed(seed + 1)
+    transformer = CogVideoXTransformer3DModel(**{**TINY_COGVIDEOX_DIT, **COGVIDEOX_VARIANT_DIT[variant]})
+    torch.manual_seed(seed + 4)
+    vae = AutoencoderKLCogVideoX(**TINY_COGVIDEOX_VAE, scaling_factor=1.15258426 if two_b else 0.7)
+    pipeline = CogVideoXImageToVideoPipeline if variant == "i2v" else CogVideoXPipeline
+    return pipeline(
+        tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+        scheduler=cogvideox_scheduler(3.0 if two_b else 1.0),
+    )  # fmt: skip
+
+
+def build_tiny_cogvideox_2b(seed: int = 0):
+    return build_tiny_cogvideox(seed, variant="2b")
+
+
+def build_tiny_cogvideox_i2v(seed: int = 0):
+    return build_tiny_cogvideox(seed, variant="i2v")
+
+
+def build_tiny_cogvideox_15(seed: int = 0):
+    return build_tiny_cogvideox(seed, variant="1.5")
+
+
 # (model type, variant) -> builder; the variant "" is the family's default tiny model.
 TINY_BUILDERS = {
     ("mochi", ""): build_tiny_mochi,
     ("wan", ""): build_tiny_wan,
     ("wan", "a14b"): build_tiny_wan_a14b,
     ("wan", "i2v"): build_tiny_wan_i2v,
+    ("cogvideox", ""): build_tiny_cogvideox,
+    ("cogvideox", "2b"): build_tiny_cogvideox_2b,
+    ("cogvideox", "i2v"): build_tiny_cogvideox_i2v,
+    ("cogvideox", "1.5"): build_tiny_cogvideox_15,
+    ("hunyuan", ""): build_tiny_hunyuan,
+    ("hunyuan", "i2v"): build_tiny_hunyuan_i2v,
 }
 VARIANTS = {
     "": "the family's default",
     "a14b": "Wan 2.2 A14B: two noise-level experts",
-    "i2v": "Wan 2.1 image-to-video",
+    "i2v": "image-to-video (Wan 2.1 I2V, CogVideoX-5b-I2V, HunyuanVideo-I2V)",
+    "2b": "CogVideoX-2b: sinusoidal positions, SNR shift 3",
+    "1.5": "CogVideoX 1.5: temporal patch 2",
 }
 # What else, besides the seed, the built weights depend on.
 TINY_INPUTS = {
     "mochi": lambda: {"vae_sha256": tiny_vae_digest("mochi")},
     "wan": lambda: {"vae_sha256": tiny_vae_digest("wan")},
+    "hunyuan": dict,  # the VAE is random too: the seed alone
+    "cogvideox": dict,  # random VAE: the seed alone
 }
 
 

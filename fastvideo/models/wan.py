@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import re
 
-import numpy as np
 import torch
 from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
@@ -205,12 +204,12 @@ class WanAdapter(ModelAdapter):
 
     @torch.no_grad()
     def encode_first_frames(
-        self, vae: AutoencoderKLWan, images: list, num_frames: int, height: int, width: int
+        self, vae: AutoencoderKLWan, images: list, num_frames: int, height: int, width: int, generator=None
     ):
         """The image conditioning of first frames (PIL images), batched: ``image_embeds`` from the CLIP tower
         (``load_image_encoder`` first) and ``image_latents``: each image resized to ``height`` x ``width``,
         followed by ``num_frames - 1`` zero frames, encoded to the posterior mode and normalised, as
-        ``WanImageToVideoPipeline.prepare_latents`` does."""
+        ``WanImageToVideoPipeline.prepare_latents`` does (the mode: ``generator`` is not used)."""
         if getattr(self, "_image_pipe", None) is None:
             raise RuntimeError("call load_image_encoder() before encode_first_frames()")
         embeds = self._image_pipe.encode_image(images, self.device).float()
@@ -225,22 +224,5 @@ class WanAdapter(ModelAdapter):
         mean, std = self._latent_stats(vae, latents)
         return {"image_embeds": embeds, "image_latents": (latents - mean) * (1.0 / std)}
 
-    @staticmethod
-    def frame_image(frame: torch.Tensor):
-        """A frame ``[3, H, W]`` in [-1, 1] as the 8-bit PIL image it was decoded from."""
-        from PIL import Image
-
-        pixels = ((frame.float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        return Image.fromarray(np.ascontiguousarray(pixels.permute(1, 2, 0).numpy()))
-
     def null_condition(self, like: Condition, empty: Condition | None = None) -> Condition:
-        if empty is None:
-            raise ValueError(
-                "Wan's unconditional input is the encoded empty prompt, and this dataset does not hold it; "
-                "re-run `bash scripts/finetune_data_gen.sh` (it writes null_condition.pt)"
-            )
-        batch = like["prompt_embeds"].shape[0]
-        device = like["prompt_embeds"].device
-        # The text becomes the empty prompt; an image-to-video record keeps its image.
-        text = {k: v.to(device, like[k].dtype).expand(batch, *v.shape).clone() for k, v in empty.items()}
-        return {**like, **text}
+        return self.empty_prompt_condition(like, empty)

@@ -40,7 +40,7 @@ import torch
 from diffusers import WanTransformer3DModel
 from diffusers.models.transformers.transformer_wan import WanAttention
 
-from fastvideo.models.attention import attend
+from fastvideo.models.attention import attend, check_kernel
 from fastvideo.parallel.sequence_parallel import (
     GatherOutput,
     ShardedRope,
@@ -60,7 +60,6 @@ from fastvideo.parallel.sequence_parallel import (
 # Text tokens in an image-to-video cross-attention context [image; text]. diffusers' WanAttnProcessor
 # hardcodes the same number (UMT5's 512) to find where the image tokens end.
 WAN_TEXT_TOKENS = 512
-KERNELS = ("sdpa", "flash")
 
 
 WAN_SP_PLAN = SPPlan(
@@ -138,13 +137,6 @@ def _output(attn: WanAttention, out: torch.Tensor, like: torch.Tensor) -> torch.
     return attn.to_out[1](attn.to_out[0](out.flatten(2, 3).type_as(like)))
 
 
-def _check_kernel(backend: str) -> None:
-    if backend not in KERNELS:
-        raise ValueError(
-            f"attention backend {backend!r} is not one of {', '.join(KERNELS)}; resolve 'auto' first"
-        )
-
-
 # --- processors -------------------------------------------------------------------------------------
 
 
@@ -158,7 +150,7 @@ class WanUlyssesAttnProcessor(UlyssesProcessor):
     """
 
     def __init__(self, sp_group: SPGroup | None, backend: str = "sdpa") -> None:
-        _check_kernel(backend)
+        check_kernel(backend)
         super().__init__(sp_group, backend)
 
     def __call__(
@@ -200,7 +192,7 @@ class WanCrossAttnProcessor:
     """
 
     def __init__(self, backend: str = "sdpa") -> None:
-        _check_kernel(backend)
+        check_kernel(backend)
         self.backend = backend
 
     def __deepcopy__(self, memo: dict) -> WanCrossAttnProcessor:
@@ -252,7 +244,7 @@ def enable_wan_sequence_parallel(
     (:func:`configure_wan_attention`). Raises ValueError when the head count is not divisible by the
     SP size, RuntimeError when SP is already enabled.
     """
-    _check_kernel(backend)
+    check_kernel(backend)
     if group_size(sp_group) == 1:
         configure_wan_attention(transformer, backend)
         return
@@ -267,7 +259,7 @@ def enable_wan_sequence_parallel(
 
 def configure_wan_attention(transformer: WanTransformer3DModel, backend: str) -> None:
     """Without SP: diffusers' processors for sdpa, fastvideo's (group-less) processors for flash."""
-    _check_kernel(backend)
+    check_kernel(backend)
     if backend != "sdpa":
         _set_processors(transformer, WanUlyssesAttnProcessor(None, backend), WanCrossAttnProcessor(backend))
 

@@ -7,19 +7,26 @@
 Every rank holds the whole DiT and runs every step on its share of the tokens (Ulysses SP over the
 world group), so N GPUs cut one video's latency. Per prompt and seed:
 
-1. noise ``randn([1, C, T, H/8, W/8], generator=torch.Generator("cpu").manual_seed(seed))`` in
-   float32, exactly what diffusers' pipelines draw for ``generator=torch.Generator("cpu").manual_seed(seed)``;
+1. noise drawn in float32 from ``torch.Generator("cpu").manual_seed(seed)`` exactly as the family's
+   diffusers pipeline draws it for that generator (``adapter.initial_noise``: [1, C, T, H/8, W/8],
+   CogVideoX frames-first); the same generator then serves whatever else the pipeline draws from it
+   (CogVideoX image-to-video: the first frame's latents, before the noise; a stochastic scheduler's
+   steps);
 2. Euler steps over the scheduler's noise levels: ``euler`` is the family's default schedule
    (Mochi: MochiPipeline's linear-quadratic one; Wan: FlowMatchEulerDiscreteScheduler with the
-   folder's flow shift), ``pcm_linear_quadratic`` a distilled model's
+   folder's flow shift; CogVideoX: its DDIM timesteps), ``pcm_linear_quadratic`` a distilled model's
    ``PCMFlowScheduler`` grid (read from the model folder, ``--linear_threshold`` / ``--linear_range``
-   override it); classifier-free guidance against the encoded ``--negative_prompt`` as diffusers does
-   (steps, guidance, negative prompt and fps default to the family's ``adapter.sampling``);
+   override it); or ``dpm`` (CogVideoX): its pipeline's ``CogVideoXDPMScheduler`` stepped natively
+   (``fastvideo.sample.denoise.scheduler_denoise``); classifier-free guidance against the encoded
+   ``--negative_prompt`` as diffusers does (steps, guidance, negative prompt and fps default to the
+   family's ``adapter.sampling``);
 3. VAE decode with tiling (job i is decoded by rank ``i % world``), one mp4 per prompt and seed.
 
 A two-expert folder (Wan 2.2 A14B) samples with both experts, switched where ``WanPipeline``
-switches (``fastvideo.models.experts``); an image-to-video folder (Wan 2.1 I2V) takes the first
-frame from ``--image`` and is conditioned on it as ``WanImageToVideoPipeline`` is.
+switches (``fastvideo.models.experts``); an image-to-video folder (Wan 2.1 I2V, CogVideoX-5b-I2V,
+HunyuanVideo-I2V) takes the first frame from ``--image`` and is conditioned on it as its pipeline is
+(HunyuanVideo-I2V's text encoder sees the image too, and sampling starts from the pipeline's mix of
+noise and the image's latents, ``adapter.initial_latents``).
 
 ``Sampler`` is also the in-process API the gradio demo uses (``generate``, ``decode``).
 """
@@ -44,9 +51,9 @@ from fastvideo.media.video import write_video
 from fastvideo.models import get_adapter_class
 from fastvideo.models.attention import BACKENDS, resolve_backend
 from fastvideo.parallel.process_group import DistInfo
-from fastvideo.sample.denoise import euler_denoise
+from fastvideo.sample.denoise import euler_denoise, scheduler_denoise
 
-SCHEDULERS = ("auto", "euler", "pcm_linear_quadratic")
+SCHEDULERS = ("auto", "euler", "pcm_linear_quadratic", "dpm")
 NO_PROMPTS = "no prompts: pass --prompts 'a|b' or --prompt_path FILE"
 EMBED_CACHE = 32
 
@@ -77,7 +84,8 @@ class SampleConfig:
     seeds: str = ""
     """Several seeds, e.g. '0,1,2' (overrides --seed); one video per prompt and seed."""
     scheduler_type: str = "auto"
-    """euler | pcm_linear_quadratic | auto (pcm when the model folder's scheduler is PCMFlowScheduler)."""
+    """euler | pcm_linear_quadratic | dpm | auto (pcm when the model folder's scheduler is PCMFlowScheduler,
+    else euler). dpm: CogVideoX's CogVideoXDPMScheduler, stepped as CogVideoXPipeline steps it."""
     linear_threshold: float | None = None
     """PCM grid: linear-quadratic threshold (default: the model folder's scheduler config)."""
     linear_range: float | None = None
@@ -165,7 +173,7 @@ class Sampler:
             self.adapter.load_image_encoder()
         self.folder_pcm = self.load_pcm_scheduler()
         self.vae = None
-        self._embeds: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
+        self._embeds: OrderedDict[tuple[str, str], dict[str, torch.Tensor]] = OrderedDict()
 
     # --- loading ---------------------------------------------------------------------------------
     def load_transformer(self) -> torch.nn.Module:
@@ -213,8 +221,9 @@ class Sampler:
             print(f"LoRA {folder} at scale {scale:g}")
 
     # --- one video -------------------------------------------------------------------------------
-    def resolve(self, request: Request) -> tuple[str, torch.Tensor, float]:
-        """Check ``request`` against the family's rules; return (scheduler, sigmas, guidance)."""
+    def resolve(self, request: Request) -> tuple[str, torch.Tensor | None, float]:
+        """Check ``request`` against the family's rules; return (scheduler, sigmas, guidance); sigmas are
+        None for a pipeline scheduler (``adapter.native_schedulers``), which has its own."""
         rules = self.adapter.rules
         problems = [
             p
@@ -247,6 +256,13 @@ class Sampler:
                 )
             scheduler.set_timesteps(request.num_inference_steps)
             sigmas = scheduler.sigmas
+        elif kind in self.adapter.native_schedulers:
+            sigmas = None
+        elif kind in SCHEDULERS:
+            raise ValueError(
+                f"--scheduler_type {kind} is not a {self.adapter.family} scheduler; choose euler or "
+                f"pcm_linear_quadratic{''.join(f' or {k}' for k in self.adapter.native_schedulers)}"
+            )
         else:
             raise ValueError(f"unknown scheduler {kind!r}; choose one of {', '.join(SCHEDULERS)}")
         guidance = request.guidance_scale
@@ -274,21 +290,31 @@ class Sampler:
 
         return self.folder_pcm or self.with_overrides(PCMFlowScheduler())
 
-    def encode(self, prompt: str) -> dict[str, torch.Tensor]:
+    def encode(self, prompt: str, image: str = "") -> dict[str, torch.Tensor]:
         """The prompt's conditioning record, cached for the last EMBED_CACHE prompts (a long-running
-        demo stays bounded); embeddings in the model's dtype."""
-        if prompt not in self._embeds:
-            cond = self.adapter.encode_prompts([prompt])
-            self._embeds[prompt] = {
-                k: v.to(self.dtype) if v.is_floating_point() else v for k, v in cond.items()
-            }
+        demo stays bounded); embeddings in the model's dtype. A family whose text encoder sees the first
+        frame (``adapter.prompt_sees_image``) encodes the prompt with ``image`` (a file; without one, with
+        the family's unconditional image)."""
+        key = (prompt, image if self.adapter.prompt_sees_image else "")
+        if key not in self._embeds:
+            if key[1]:
+                from PIL import Image
+
+                with Image.open(image) as frame:
+                    cond = self.adapter.encode_prompts([prompt], images=[frame.convert("RGB")])
+            else:
+                cond = self.adapter.encode_prompts([prompt])
+            self._embeds[key] = {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in cond.items()}
             while len(self._embeds) > EMBED_CACHE:
                 self._embeds.popitem(last=False)
-        self._embeds.move_to_end(prompt)
-        return self._embeds[prompt]
+        self._embeds.move_to_end(key)
+        return self._embeds[key]
 
-    def first_frame(self, request: Request) -> dict[str, torch.Tensor]:
-        """Image-to-video: the conditioning of ``request.image`` as the first frame ({} otherwise)."""
+    def first_frame(
+        self, request: Request, generator: torch.Generator | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Image-to-video: the conditioning of ``request.image`` as the first frame ({} otherwise); a family
+        whose pipeline draws it from the VAE posterior draws it from ``generator`` (CogVideoX)."""
         if not request.image:
             return {}
         from PIL import Image
@@ -296,7 +322,7 @@ class Sampler:
         with Image.open(request.image) as image:
             image = image.convert("RGB")
         cond = self.adapter.encode_first_frames(
-            self.load_vae(), [image], request.num_frames, request.height, request.width
+            self.load_vae(), [image], request.num_frames, request.height, request.width, generator=generator
         )
         return {k: v.to(self.dtype) for k, v in cond.items()}
 
@@ -305,21 +331,30 @@ class Sampler:
             self.vae = self.adapter.load_vae()
         return self.vae
 
-    def initial_noise(self, request: Request) -> torch.Tensor:
+    def initial_noise(self, request: Request, generator: torch.Generator) -> torch.Tensor:
         shape = self.adapter.rules.latent_shape(
             request.num_frames, request.height, request.width, self.adapter.latent_channels
         )
-        generator = torch.Generator("cpu").manual_seed(request.seed)
-        return torch.randn((1, *shape), generator=generator, dtype=torch.float32).to(self.dist.device)
+        return self.adapter.initial_noise((1, *shape), generator).to(self.dist.device)
 
     def generate(self, request: Request, on_step=None) -> torch.Tensor:
         """Final latents ``[1, C, T, h, w]`` (float32) for ``request``; every rank must call it."""
-        _, sigmas, guidance = self.resolve(request)
-        image = self.first_frame(request)
-        cond = {**self.encode(request.prompt), **image}
+        kind, sigmas, guidance = self.resolve(request)
+        # One generator per video, used in the order the family's pipeline uses its own: the first frame's
+        # latents (CogVideoX image-to-video), the noise, then any stochastic step.
+        generator = torch.Generator("cpu").manual_seed(request.seed)
+        image = self.first_frame(request, generator)
+        cond = {**self.encode(request.prompt, request.image), **image}
         negative = {**self.encode(request.negative_prompt), **image} if guidance > 1.0 else None
+        noise = self.adapter.initial_latents(self.initial_noise(request, generator), cond)
+        if sigmas is None:
+            return scheduler_denoise(
+                self.adapter, self.transformer, noise, self.adapter.native_scheduler(kind, request.num_inference_steps),
+                cond, guidance=guidance, negative=negative, generator=generator, on_step=on_step,
+                model_dtype=self.dtype,
+            )  # fmt: skip
         return euler_denoise(
-            self.adapter, self.transformer, self.initial_noise(request), sigmas, cond,
+            self.adapter, self.transformer, noise, sigmas, cond,
             guidance=guidance, negative=negative, on_step=on_step, model_dtype=self.dtype,
         )  # fmt: skip
 

@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fuse", help="fold a LoRA into the base and save a full diffusers transformer")
-    f.add_argument("--model_type", default="mochi", help="the model family (mochi, wan)")
+    f.add_argument("--model_type", default="mochi", help="the model family (mochi, wan, cogvideox, hunyuan)")
     f.add_argument(
         "--model_path", required=True, help="diffusers pipeline directory (its transformer/ is the base)"
     )

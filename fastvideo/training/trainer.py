@@ -28,7 +28,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from diffusers.optimization import get_scheduler
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -45,7 +44,6 @@ from fastvideo.io import atomic_write_json
 from fastvideo.lock import FolderLock, lock_on_main
 from fastvideo.models import Condition, ModelAdapter, get_adapter_class
 from fastvideo.models.attention import resolve_backend
-from fastvideo.models.base import OBJECTIVES
 from fastvideo.parallel.activation_checkpointing import (
     extrapolate_profile,
     profile_activations,
@@ -63,9 +61,10 @@ from fastvideo.training.export import (
     load_transformer_weights,
     write_pipeline_folder,
 )
-from fastvideo.training.flow_matching import add_noise, sample_sigmas, velocity_target
+from fastvideo.training.flow_matching import add_noise
 from fastvideo.training.lora import add_lora, lora_weights, save_lora, with_lora_init, write_comfyui
 from fastvideo.training.metrics import MetricsLogger, format_postfix
+from fastvideo.training.objectives import make_objective
 from fastvideo.training.validation import run_validation
 
 
@@ -140,10 +139,7 @@ class Trainer:
         self.adapter: ModelAdapter = get_adapter_class(cfg.model_type)(
             cfg.model_path, device=self.dist.device, expert=cfg.expert
         )
-        if self.adapter.objective not in OBJECTIVES:
-            raise ValueError(
-                f"{cfg.model_type} trains with {self.adapter.objective}, which fastvideo does not implement yet"
-            )
+        self.objective = make_objective(self.adapter, cfg)
         self.dims = ParallelDims(
             dp_replicate=cfg.dp_replicate,
             dp_shard=cfg.dp_shard,
@@ -431,19 +427,13 @@ class Trainer:
         cond = self.condition_on_device(batch["cond"])
         generators = self.sample_generators(batch)
         noise = self.draw_noise(latents, generators)
-        sigmas = torch.cat([
-            sample_sigmas(
-                1, scheme=cfg.weighting_scheme, logit_mean=cfg.logit_mean, logit_std=cfg.logit_std,
-                mode_scale=cfg.mode_scale, shift=cfg.shift, generator=g,
-            )
-            for g in generators
-        ]).to(device)  # fmt: skip
+        sigmas = torch.cat([self.objective.draw_sigma(g) for g in generators]).to(device)
         sigmas = self.in_expert_range(sigmas)
         self.drop_captions(cond, generators)
         noisy = add_noise(latents, noise, sigmas)
         with self.autocast():
             pred = self.adapter.predict_velocity(self.model, noisy, sigmas, cond)
-        loss = F.mse_loss(pred.float(), velocity_target(latents, noise))
+        loss = self.objective.loss(pred, latents, noise, sigmas)
         (loss / cfg.gradient_accumulation_steps).backward()
         return loss.item()
 

@@ -42,8 +42,9 @@ def sample_latents(
     trainer, prompt: dict, shape: tuple[int, ...], seed: int, sigmas: torch.Tensor, guidance: float
 ) -> torch.Tensor:
     device = trainer.dist.device
-    latents = torch.randn(1, *shape, generator=torch.Generator().manual_seed(seed)).to(device)
+    latents = trainer.adapter.initial_noise((1, *shape), torch.Generator().manual_seed(seed)).to(device)
     cond = {k: v[None].to(device) for k, v in prompt.items() if k != "caption"}
+    latents = trainer.adapter.initial_latents(latents, cond)
     negative = trainer.null_condition(cond) if guidance > 1.0 else None
     model = trainer.sampling_model()
     return euler_denoise(trainer.adapter, model, latents, sigmas, cond, guidance, negative)
@@ -52,9 +53,10 @@ def sample_latents(
 def with_first_frame(trainer, i: int, prompt: dict) -> dict:
     """Image-to-video: validation prompt ``i`` is conditioned on the first frame of training item ``i``
     (its stored image conditioning; items shaped like item 0, which sets validation's shape), since
-    validation prompts come without images."""
+    validation prompts come without images. A record that holds its image part already keeps it (a family
+    whose text encoder saw a first frame stores that frame's conditioning with the prompt)."""
     keys = trainer.adapter.image_condition_keys
-    if not keys:
+    if not keys or all(k in prompt for k in keys):  # none, or its record has its own (prompt_sees_image)
         return prompt
     dataset = trainer.dataset
     same_shape = [j for j, key in enumerate(dataset.bucket_keys()) if key == dataset.bucket_key(0)]

@@ -7,6 +7,7 @@ Every run is a real process: ``python -m fastvideo.train`` (or ``fastvideo.disti
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -136,12 +137,16 @@ def exported(out: Path, name: str = "transformer") -> dict[str, torch.Tensor]:
     return load_file(file)
 
 
-def assert_same_run(got: Path, ref: Path, names=("transformer",), rtol: float = 1e-5) -> None:
-    """Per-step losses and gradient norms, then the exported weights, equal the reference run's."""
-    for key in ("loss", "grad_norm"):
-        torch.testing.assert_close(
-            torch.tensor(metrics(got, key)), torch.tensor(metrics(ref, key)), rtol=rtol, atol=1e-7, msg=key
-        )
+def assert_same_run(
+    got: Path, ref: Path, names=("transformer",), rtol: float = 1e-5, keys=("loss", "grad_norm")
+) -> None:
+    """Per-step ``keys`` of metrics.jsonl (losses and gradient norms; a step without one logs null), then the
+    exported weights, equal the reference run's."""
+    for key in keys:
+        values = [
+            torch.tensor([math.nan if v is None else v for v in metrics(out, key)]) for out in (got, ref)
+        ]
+        torch.testing.assert_close(*values, rtol=rtol, atol=1e-7, equal_nan=True, msg=key)
     for name in names:
         ref_w, got_w = exported(ref, name), exported(got, name)
         assert ref_w.keys() == got_w.keys() and ref_w, name

@@ -1,4 +1,5 @@
-r"""Distill a video DiT to few sampling steps with phased consistency distillation (PCM).
+r"""Distill a video DiT to few sampling steps: phased consistency distillation (PCM, the default) or DMD2
+(``--method dmd2``, ``fastvideo/distill/dmd.py``).
 
     torchrun --standalone --nproc_per_node 2 -m fastvideo.distill --sp_size 2 \
         --model_path data/tiny-mochi --data_json_path data/processed --output_dir outputs/distill
@@ -23,10 +24,17 @@ def preflight(argv: list[str], world_size: int, single_node: bool = True) -> Non
     parse_config(DistillConfig, argv).preflight(world_size, check_output_dir=single_node)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from fastvideo.distill.distiller import Distiller
+def distill(cfg: DistillConfig, dist_info) -> None:
+    """Run the distiller of ``--method``: PCM (``distiller.Distiller``) or DMD2 (``dmd.DMDDistiller``)."""
+    if cfg.method == "dmd2":
+        from fastvideo.distill.dmd import DMDDistiller as method
+    else:
+        from fastvideo.distill.distiller import Distiller as method
+    method(cfg, dist_info).run()
 
-    return launch(DistillConfig, lambda cfg, dist_info: Distiller(cfg, dist_info).run(), argv, __doc__)
+
+def main(argv: list[str] | None = None) -> int:
+    return launch(DistillConfig, distill, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ _EXPERTS = (
     "distilling a two-expert folder (Wan 2.2 A14B) is not implemented yet (each expert's solver grid would stop "
     "at the boundary)"
 )
+METHODS = ("pcm", "dmd2")
 _NOISE_LEVELS = "distillation draws noise levels from the solver grid (--num_euler_timesteps, --schedule)"
 
 
@@ -86,12 +87,40 @@ class DistillConfig(TrainConfig):
     not_apply_cfg_solver: bool = False
     """Use the teacher's conditional velocity alone (no guidance in the solver)."""
     huber_c: float = 0.001
-    validation_step_counts: str = "2,4,8"
-    """Sampling steps (on the solver grid) to validate with."""
+    validation_step_counts: str = ""
+    """Sampling steps to validate with: on the solver grid (pcm; default 2,4,8), or the first k of
+    --dmd_noise_levels (dmd2; default all of them)."""
+    method: str = "pcm"
+    """pcm (phased consistency distillation) or dmd2 (distribution matching: the teacher as the real score,
+    a trainable critic as the fake score)."""
+    dmd_noise_levels: str = "1.0,0.757,0.522"
+    """dmd2: the generator's sampling noise levels (FastVideo's timesteps 1000, 757, 522 / 1000); it is trained
+    to predict clean latents from each."""
+    critic_learning_rate: float = 0.0
+    """dmd2: the critic's learning rate (0: --learning_rate). Its AdamW takes the other optimizer flags."""
+    generator_update_interval: int = 5
+    """dmd2: the critic steps every step, the generator every this many (DMD2's 5)."""
+    dmd_min_noise: float = 0.02
+    """dmd2: the lowest noise level at which the real and fake scores compare the generator's output."""
+    dmd_max_noise: float = 0.98
+    """dmd2: the highest such noise level."""
     validation_guidance_scales: str = "1.0"
 
     def __post_init__(self):
         super().__post_init__()
+        if self.method not in METHODS:
+            raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.method == "dmd2":
+            self.noise_levels()
+            if self.generator_update_interval < 1 or not 0 < self.dmd_min_noise < self.dmd_max_noise <= 1:
+                raise ValueError(
+                    "--generator_update_interval must be >= 1 and 0 < --dmd_min_noise < --dmd_max_noise <= 1"
+                )
+            self.check_step_counts()
+            if self.use_lora:
+                raise ValueError(
+                    "--method dmd2 with --use_lora is not implemented yet (the critic would need its own LoRA)"
+                )
         if self.schedule not in ("auto", "linear_quadratic", "shift"):
             raise ValueError("--schedule must be auto, linear_quadratic or shift")
         if self.num_euler_timesteps < 2 or self.huber_c <= 0:
@@ -141,9 +170,47 @@ class DistillConfig(TrainConfig):
             invert_sigmas=invert_sigmas,
         )  # fmt: skip
 
+    def noise_levels(self) -> list[float]:
+        """dmd2's generator noise levels, validated: descending in (0, 1]."""
+        try:
+            levels = [float(v) for v in self.dmd_noise_levels.split(",") if v.strip()]
+        except ValueError:
+            levels = []
+        if (
+            not levels
+            or not all(0 < v <= 1 for v in levels)
+            or any(b >= a for a, b in zip(levels, levels[1:], strict=False))
+        ):
+            raise ValueError(
+                f"--dmd_noise_levels must be descending numbers in (0, 1], e.g. 1.0,0.757,0.522; got "
+                f"{self.dmd_noise_levels!r}"
+            )
+        return levels
+
+    def few_step_scheduler(self, adapter):
+        """dmd2's sampling scheduler: Euler over the generator's noise levels, in the family's convention."""
+        from fastvideo.schedulers import FewStepFlowScheduler
+
+        return FewStepFlowScheduler(
+            noise_levels=self.noise_levels(), invert_sigmas=adapter.timesteps_reversed
+        )
+
     @property
     def step_counts(self) -> list[int]:
-        return [int(x) for x in self.validation_step_counts.split(",") if x.strip()]
+        counts = self.check_step_counts()
+        if self.method == "dmd2":
+            return counts or [len(self.noise_levels())]
+        return counts or [2, 4, 8]
+
+    def check_step_counts(self) -> list[int]:
+        """The --validation_step_counts given (ValueError for a dmd2 count beyond its noise levels)."""
+        counts = [int(x) for x in self.validation_step_counts.split(",") if x.strip()]
+        levels = len(self.noise_levels()) if self.method == "dmd2" else None
+        if levels is not None and any(not 1 <= k <= levels for k in counts):
+            raise ValueError(
+                f"--validation_step_counts: dmd2 samples with 1 to {levels} steps (its noise levels)"
+            )
+        return counts
 
     @property
     def guidance_scales(self) -> list[float]:

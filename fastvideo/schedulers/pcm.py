@@ -21,7 +21,12 @@ import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.pipelines.mochi.pipeline_mochi import linear_quadratic_schedule
-from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
+
+# diffusers finds a component's loading method by looking its base classes up in the module that
+# model_index.json names, so SchedulerMixin must be importable from here.
+from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401
+
+from fastvideo.schedulers.flow_euler import FlowEulerScheduler
 
 SCHEDULE_KINDS = ("linear_quadratic", "shift")
 
@@ -135,14 +140,12 @@ class SolverGrid:
         return self.sigmas[_floor_linspace(self.num_points, num_steps) + [self.num_points]].clone()
 
 
-class PCMFlowScheduler(SchedulerMixin, ConfigMixin):
+class PCMFlowScheduler(FlowEulerScheduler, ConfigMixin):
     """Deterministic Euler sampler over a PCM solver grid, usable in diffusers pipelines.
 
     ``set_timesteps(n)`` picks ``n`` grid points (``SolverGrid.sampling_sigmas``) and ``step`` moves
-    the sample from one to the next with one Euler step. With ``invert_sigmas=True`` (the default,
-    Mochi's convention, as ``FlowMatchEulerDiscreteScheduler(invert_sigmas=True)``) the timesteps are
-    ``1000 * (1 - sigma)`` and the model output is ``-v``; with ``False`` they are ``1000 * sigma`` and
-    the output is ``v = noise - x0``. A distilled model's folder names this class in
+    the sample from one to the next with one Euler step, in either timestep convention
+    (:class:`FlowEulerScheduler`). A distilled model's folder names this class in
     ``model_index.json`` (as ``fastvideo.schedulers``; folders saved before name
     ``fastvideo.distill.pcm``, which still imports it), so diffusers finds it::
 
@@ -152,9 +155,6 @@ class PCMFlowScheduler(SchedulerMixin, ConfigMixin):
     MochiPipeline always passes its own linear-quadratic ``sigmas`` to ``set_timesteps``; only their
     count is used, because a distilled student is only right on the grid it was trained on.
     """
-
-    config_name = "scheduler_config.json"
-    order = 1
 
     @register_to_config
     def __init__(
@@ -167,14 +167,9 @@ class PCMFlowScheduler(SchedulerMixin, ConfigMixin):
         num_euler_timesteps: int = 50,
         invert_sigmas: bool = True,
     ):
-        self.init_noise_sigma = 1.0
+        self._init_state()
         # Built eagerly so that bad configs fail at construction, not mid-sampling.
         self.grid = self._build_grid()
-        self.sigmas: torch.Tensor | None = None
-        self.timesteps: torch.Tensor | None = None
-        self.num_inference_steps: int | None = None
-        self._step_index: int | None = None
-        self._begin_index = 0
 
     def _build_grid(self) -> SolverGrid:
         cfg = self.config
@@ -184,65 +179,5 @@ class PCMFlowScheduler(SchedulerMixin, ConfigMixin):
         )  # fmt: skip
         return SolverGrid.build(base, cfg.num_euler_timesteps)
 
-    @property
-    def step_index(self) -> int | None:
-        """Index of the sigma the next ``step`` starts from (None before ``set_timesteps``)."""
-        return self._step_index
-
-    @property
-    def begin_index(self) -> int:
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        """Start the next ``step`` at ``sigmas[begin_index]`` (pipelines call this with 0)."""
-        self._begin_index = begin_index
-        if self.sigmas is not None:
-            self._step_index = begin_index
-
-    def set_timesteps(
-        self,
-        num_inference_steps: int | None = None,
-        device: str | torch.device | None = None,
-        sigmas=None,
-        **_ignored,
-    ) -> None:
-        """Prepare ``num_inference_steps`` (or ``len(sigmas)``) Euler steps on the solver grid."""
-        if num_inference_steps is None:
-            if sigmas is None:
-                raise ValueError("set_timesteps needs num_inference_steps or sigmas")
-            num_inference_steps = len(sigmas)
-        self.sigmas = self.grid.sampling_sigmas(num_inference_steps).to(device=device, dtype=torch.float32)
-        levels = 1.0 - self.sigmas[:-1] if self.config.invert_sigmas else self.sigmas[:-1]
-        self.timesteps = levels * self.config.num_train_timesteps
-        self.num_inference_steps = num_inference_steps
-        self._step_index = self._begin_index = 0
-
-    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
-        """Flow matching feeds the sample to the model unscaled."""
-        return sample
-
-    def step(
-        self,
-        model_output: torch.Tensor,
-        timestep,
-        sample: torch.Tensor,
-        return_dict: bool = True,
-        **_ignored,
-    ) -> SchedulerOutput | tuple[torch.Tensor]:
-        """One Euler step from ``sigmas[i]`` to ``sigmas[i + 1]`` with the model's output.
-
-        The step index, not ``timestep``, selects the sigma pair (``timestep`` is accepted for the
-        diffusers calling convention). The update runs in float32 and returns ``sample``'s dtype.
-        """
-        if self._step_index is None:
-            raise RuntimeError("call set_timesteps() before step()")
-        if self._step_index >= len(self.sigmas) - 1:
-            raise RuntimeError(f"all {self.num_inference_steps} steps are done; call set_timesteps() again")
-        sigma, sigma_next = self.sigmas[self._step_index], self.sigmas[self._step_index + 1]
-        velocity = -model_output.float() if self.config.invert_sigmas else model_output.float()
-        prev = (sample.float() + (sigma_next - sigma) * velocity).to(sample.dtype)
-        self._step_index += 1
-        return SchedulerOutput(prev_sample=prev) if return_dict else (prev,)
-
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps
+    def sampling_sigmas(self, num_steps: int) -> torch.Tensor:
+        return self.grid.sampling_sigmas(num_steps)

@@ -170,6 +170,7 @@ class Trainer:
         self.ema = (
             EMA(self.model, decay=cfg.ema_decay, start_step=cfg.ema_start_step) if cfg.use_ema else None
         )
+        self.build_roles()
         self.checkpoints = CheckpointManager(
             cfg.output_dir,
             self.dist,
@@ -190,6 +191,10 @@ class Trainer:
             self.logger.truncate_after(self.step)
         if self.dist.is_main:
             atomic_write_json(vars(cfg), Path(cfg.output_dir) / "train_config.json")
+
+    def build_roles(self) -> None:
+        """Models beside the trained one (a distiller's critic), built before a resume restores their state.
+        None for fine-tuning."""
 
     def compute_dtype(self) -> torch.dtype:
         mode = self.cfg.mixed_precision
@@ -404,11 +409,7 @@ class Trainer:
                 "it. Lower --learning_rate or check the data."
             )
         self.optimizer.step()
-        lr = self.lr_scheduler.get_last_lr()[0]
-        self.lr_scheduler.step()
-        self.step += 1
-        if self.ema is not None:
-            self.ema.update(self.step)
+        lr = self.advance()
         step_time = time.perf_counter() - started
         metrics = {
             "loss": loss,
@@ -485,6 +486,16 @@ class Trainer:
         """Transformer tokens in a latent batch [B, C, T, h, w] (after spatial patchify)."""
         rules = self.adapter.rules
         return latents.numel() // latents.shape[1] // rules.patch_size**2 // rules.temporal_patch
+
+    def advance(self) -> float:
+        """After the optimizer step(s): the LR schedule, the step count and the EMA move on. Returns the lr
+        the step used."""
+        lr = self.lr_scheduler.get_last_lr()[0]
+        self.lr_scheduler.step()
+        self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.step)
+        return lr
 
     def clip_gradients(self) -> float:
         max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm > 0 else float("inf")

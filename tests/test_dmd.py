@@ -118,3 +118,27 @@ def test_dmd_script_writes_a_few_step_pipeline_folder(tmp_path, tiny_mochi, proc
     assert "--method dmd2" in proc.stdout
     assert len([v for v in metrics(out, "loss") if v is not None]) == 2  # the generator stepped every step
     assert list(FewStepFlowScheduler.from_pretrained(out / "scheduler").config.noise_levels) == [1.0, 0.5]
+
+
+def test_lora_dmd_exports_a_lora_the_pipeline_samples_as_validation_did(tmp_path, tiny_mochi, processed):
+    """--use_lora: generator and critic each train their own adapters on frozen bases (the real score is the
+    generator's base with its adapters off); the exported LoRA, loaded by MochiPipeline with the
+    FewStepFlowScheduler of the output folder, samples what validation sampled."""
+    from fastvideo.training.lora import read_lora
+
+    out = tmp_path / "run"
+    run(DISTILL, out, tiny_mochi, processed, "--model_type", "mochi", *DMD, "--use_lora", "--lora_rank", 4,
+        "--lora_alpha", 4, "--max_train_steps", 2, "--validation_steps", 2, "--train_batch_size", 2)  # fmt: skip
+    assert [v is not None for v in metrics(out, "loss")] == [True, False]
+    weights, info = read_lora(out / "lora_ema")
+    assert weights and all(".lora_" in k for k in weights)
+    pipe = MochiPipeline.from_pretrained(
+        tiny_mochi, scheduler=FewStepFlowScheduler.from_pretrained(out / "scheduler")
+    )
+    pipe.load_lora_weights(out / "lora_ema", adapter_name="fastvideo")
+    pipe.set_adapters("fastvideo", info["alpha"] / info["rank"])
+    expected = torch.load(out / "validation" / "step-00000002" / "steps-3_cfg-1" / "prompt-00.pt")
+    prompt = {k: v[None] for k, v in validation_prompts(processed)[0].items() if k != "caption"}
+    got = pipe(**prompt, guidance_scale=1.0, num_inference_steps=3, num_frames=13, height=32, width=48,
+               generator=torch.Generator().manual_seed(0), output_type="latent").frames  # fmt: skip
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

@@ -117,10 +117,6 @@ class DistillConfig(TrainConfig):
                     "--generator_update_interval must be >= 1 and 0 < --dmd_min_noise < --dmd_max_noise <= 1"
                 )
             self.check_step_counts()
-            if self.use_lora:
-                raise ValueError(
-                    "--method dmd2 with --use_lora is not implemented yet (the critic would need its own LoRA)"
-                )
         if self.schedule not in ("auto", "linear_quadratic", "shift"):
             raise ValueError("--schedule must be auto, linear_quadratic or shift")
         if self.num_euler_timesteps < 2 or self.huber_c <= 0:

@@ -9,8 +9,10 @@ Three roles (Yin et al. 2024, "Improved Distribution Matching Distillation", arX
   ``--dmd_noise_levels`` (FastVideo's 1000, 757, 522 / 1000) it predicts clean latents;
 * the **real score**, the frozen teacher (``Distiller.build_teacher``), guided with ``--distill_cfg`` w as
   ``v_c + w (v_c - v_u)`` against the family's unconditional input;
-* the **fake score**, a critic: a trainable copy of the teacher in the same FSDP2 + SP layout, with its
-  own AdamW (``--critic_learning_rate``), trained every step by flow matching on the generator's output.
+* the **fake score**, a critic: a trainable copy of the teacher built as the generator is (the same
+  FSDP2 + SP layout; under ``--use_lora`` the base plus its own adapters, the real score then being the
+  generator's base with its adapters off), with its own AdamW (``--critic_learning_rate``), trained every
+  step by flow matching on the generator's output.
   The generator steps every ``--generator_update_interval`` steps.
 
 One step, per sample, every random draw from the sample's seeded generator (so SP ranks, layouts and
@@ -48,8 +50,6 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from fastvideo.distill.distiller import Distiller
-from fastvideo.parallel.parallelize import parallelize
-from fastvideo.training.export import load_transformer_weights
 from fastvideo.training.flow_matching import add_noise, velocity_target
 from fastvideo.training.trainer import Trainer, TrainingError, make_optimizer
 
@@ -65,33 +65,20 @@ class DMDDistiller(Distiller):
 
     def build_roles(self) -> None:
         cfg = self.cfg
-        self.teacher = self.build_teacher()
+        # Under LoRA the real score is the generator's base with its adapters off, unless a teacher is named.
+        self.teacher = self.build_teacher() if not cfg.use_lora or cfg.teacher_model_path else None
         self.critic = self.build_critic()
         self.critic_params = [p for p in self.critic.parameters() if p.requires_grad]
         critic_cfg = replace(cfg, learning_rate=cfg.critic_learning_rate or cfg.learning_rate)
         self.critic_optimizer = make_optimizer(critic_cfg, self.critic_params, self.dist.device)
 
     def build_critic(self) -> torch.nn.Module:
-        """A trainable copy of the teacher (``--teacher_model_path``, default MODEL_PATH), laid out like the
-        generator: master weights in ``--master_weight_type``, computed in the compute dtype."""
-        cfg = self.cfg
-        master = torch.bfloat16 if cfg.master_weight_type == "bf16" else torch.float32
-        compute = self.compute_dtype()
-        with torch.device("meta"):
-            critic = (
-                self.adapter.transformer_class().from_config(self.adapter.transformer_config()).to(master)
-            )
-        parallelize(
-            critic, self.adapter, self.dims,
-            attention_backend=self.attention_backend, ac_policy=self.checkpoint_policy(critic),
-            fsdp=self.uses_fsdp(), param_dtype=compute if compute != master else None, reduce_dtype=torch.float32,
-        )  # fmt: skip
-        critic.to_empty(device=self.dist.device)
-        self.adapter.init_buffers(critic)
-        load_transformer_weights(
-            critic, Path(cfg.teacher_model_path or cfg.model_path) / "transformer", self.dist
-        )
-        return critic.train()
+        """Built as the generator is (master dtype, LoRA, activation checkpointing, compile, FSDP2 + SP), from
+        the teacher's weights (``--teacher_model_path``, default MODEL_PATH): a second trained model."""
+        critic = self.build_model()
+        if self.cfg.teacher_model_path:
+            self.load_weights(critic, Path(self.cfg.teacher_model_path) / "transformer")
+        return critic
 
     # --- one step ---------------------------------------------------------------------------------
     def train_step(self) -> dict:
@@ -213,13 +200,13 @@ class DMDDistiller(Distiller):
     # --- state, validation, export ----------------------------------------------------------------
     def app_state(self) -> dict:
         state = super().app_state()
-        state["critic"] = get_model_state_dict(self.critic)
+        state["critic"] = get_model_state_dict(self.critic, options=self.state_options())
         state["critic_optimizer"] = get_optimizer_state_dict(self.critic, self.critic_optimizer)
         return state
 
     def restore_app_state(self) -> None:
         super().restore_app_state()
-        set_model_state_dict(self.critic, self._app_state["critic"])
+        set_model_state_dict(self.critic, self._app_state["critic"], options=self.state_options())
         set_optimizer_state_dict(self.critic, self.critic_optimizer, self._app_state["critic_optimizer"])
 
     def validation_settings(self, root: Path) -> list[tuple[Path, torch.Tensor, float]]:

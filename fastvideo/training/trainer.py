@@ -273,11 +273,12 @@ class Trainer:
             f"{str(self.compute_dtype()).removeprefix('torch.')} compute, {self.attention_backend} attention"
         )
 
-    def load_weights(self, model: torch.nn.Module) -> None:
-        """Fill the materialised model: the folder's transformer, plus fresh LoRA adapters from the seed."""
+    def load_weights(self, model: torch.nn.Module, folder: Path | None = None) -> None:
+        """Fill the materialised model: ``folder`` (default the model folder's transformer), plus fresh LoRA
+        adapters from the seed."""
         cfg = self.cfg
         prepare = (lambda full, targets: with_lora_init(full, targets, cfg.seed)) if cfg.use_lora else None
-        folder = self.adapter.model_path / self.adapter.transformer_folder
+        folder = folder or self.adapter.model_path / self.adapter.transformer_folder
         load_transformer_weights(model, folder, self.dist, prepare=prepare)
 
     def lora_targets(self) -> str:

@@ -1,6 +1,7 @@
-"""Does the 8-step PCM student follow its teacher? Train a tiny teacher, distill it, compare on held-out prompts.
+"""Does the few-step student follow its teacher? Train a tiny teacher, distill it, compare on held-out prompts.
 
     python benchmarks/distill_quality.py [--teacher_steps 1500 --distill_steps 3000 --distill_cfg 0 --schedule linear_quadratic]
+    python benchmarks/distill_quality.py --method dmd2 --distill_steps 1000 --distill_cfg 3   # DMD2, 3 levels
 
 1. Data: the tiny Mochi model and ``--clips`` synthetic clips (25 frames, 64x96); the prompts of
    ``--prompts`` shape/colour/direction combinations that no training clip has are held out and
@@ -8,12 +9,14 @@
 2. Teacher: ``fastvideo.train`` for ``--teacher_steps`` on one process; its output folder is a
    whole pipeline and becomes the distillation's ``--model_path``.
 3. Student: ``fastvideo.distill`` for ``--distill_steps`` with EMA, one phase per sampling step
-   (``--multi_phased_distill_schedule 100000-8``) and guidance ``--distill_cfg`` w distilled in.
+   (``--multi_phased_distill_schedule 100000-8``) and guidance ``--distill_cfg`` w distilled in; with
+   ``--method dmd2`` a DMD2 generator on ``--dmd_noise_levels`` (its steps are their count, n), the
+   teacher guided with w as the real score.
 4. On each held-out prompt and fixed noise, on the latents (decoding is the same for every sampler):
    reference = teacher, 64 Euler steps on Mochi's schedule (``linear_quadratic_schedule(64, 0.025)``,
-   as MochiPipeline) with guidance 1 + w; E_teacher(8) = relative L2 of the teacher with 8 steps
-   (on Mochi's 8-step schedule, and on the student's 8 grid points) against it; E_student(8) = the
-   same for the student's 8 PCM steps without guidance. Timing: the denoising loop of 64 teacher
+   as MochiPipeline) with guidance 1 + w; E_teacher(n) = relative L2 of the teacher with n steps
+   (on Mochi's n-step schedule, and on the student's n levels) against it; E_student(n) = the
+   same for the student's n steps without guidance (n = 8 for PCM). Timing: the denoising loop of 64 teacher
    steps with and without guidance against 8 student steps, interleaved ``--repeats`` times.
 
 Goals (issue 5): E_student(8) <= E_teacher(8) / 2 and 8-step sampling >= 7x faster than 64-step.
@@ -44,7 +47,7 @@ from fastvideo.data_preprocess.synthetic import make_synthetic_dataset, plan_cli
 from fastvideo.models import get_adapter_class  # noqa: E402
 from fastvideo.models.tiny import build_tiny  # noqa: E402
 from fastvideo.sample.denoise import euler_denoise  # noqa: E402
-from fastvideo.schedulers import PCMFlowScheduler  # noqa: E402
+from fastvideo.schedulers import FewStepFlowScheduler, PCMFlowScheduler  # noqa: E402
 from fastvideo.training.validation import validation_prompts  # noqa: E402
 
 FRAMES, HEIGHT, WIDTH = 25, 64, 96
@@ -91,7 +94,11 @@ def train_teacher(args, work: Path, model: Path, data: Path) -> Path:
 
 
 def distill_student(args, work: Path, teacher: Path, data: Path) -> Path:
-    grid = grid_args(args)
+    grid = (
+        grid_args(args)
+        if args.method == "pcm"
+        else ["--method", "dmd2", "--dmd_noise_levels", args.dmd_noise_levels]
+    )
     student = work / (
         "student-"
         + "-".join([str(args.distill_steps), *grid[1::2], f"lr{args.distill_lr:g}", f"w{args.distill_cfg:g}"])
@@ -102,7 +109,7 @@ def distill_student(args, work: Path, teacher: Path, data: Path) -> Path:
              "--output_dir", str(student), "--max_train_steps", str(args.distill_steps), "--train_batch_size", "4",
              "--learning_rate", str(args.distill_lr), "--weight_decay", "0", "--use_ema", "--ema_decay", "0.95",
              "--num_euler_timesteps", "50", "--multi_phased_distill_schedule", "100000-8", *grid,
-             "--distill_cfg", str(args.distill_cfg), "--cfg", "0.1"],
+             "--distill_cfg", str(args.distill_cfg), "--cfg", "0.1", "--validation_steps", "0"],
             student.parent / f"{student.name}.log")  # fmt: skip
     return student
 
@@ -142,6 +149,8 @@ def main() -> None:
     parser.add_argument("--linear_range", type=float, default=0.5)
     parser.add_argument("--shift", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--method", default="pcm", choices=("pcm", "dmd2"))
+    parser.add_argument("--dmd_noise_levels", default="1.0,0.757,0.522")
     args = parser.parse_args()
     work = Path(args.work)
     if args.fresh:
@@ -156,17 +165,21 @@ def main() -> None:
     adapter = get_adapter_class("mochi")(teacher_dir)
     teacher = adapter.transformer_class().from_pretrained(teacher_dir / "transformer").eval()
     student = adapter.transformer_class().from_pretrained(student_dir / "transformer_ema").eval()
-    scheduler = PCMFlowScheduler.from_pretrained(student_dir / "scheduler")
-    scheduler.set_timesteps(8)
+    if args.method == "pcm":
+        scheduler, n = PCMFlowScheduler.from_pretrained(student_dir / "scheduler"), 8
+    else:
+        scheduler = FewStepFlowScheduler.from_pretrained(student_dir / "scheduler")
+        n = len(scheduler.config.noise_levels)
+    scheduler.set_timesteps(n)
     grid8 = scheduler.sigmas
     guidance = 1.0 + args.distill_cfg
     shape = (12, (FRAMES - 1) // 6 + 1, HEIGHT // 8, WIDTH // 8)
     prompts = validation_prompts(data)
 
     errors: dict[str, list[float]] = {
-        "teacher 8 (Mochi schedule)": [],
-        "teacher 8 (grid points)": [],
-        "student 8": [],
+        f"teacher {n} (Mochi schedule)": [],
+        f"teacher {n} (grid points)": [],
+        f"student {n}": [],
     }
     for i, prompt in enumerate(prompts):
         cond = {
@@ -177,11 +190,11 @@ def main() -> None:
             noise = torch.randn(1, *shape, generator=torch.Generator().manual_seed(1000 * i + k))
             ref = euler_denoise(adapter, teacher, noise, mochi_sigmas(64), cond, guidance)
             runs = {
-                "teacher 8 (Mochi schedule)": euler_denoise(
-                    adapter, teacher, noise, mochi_sigmas(8), cond, guidance
+                f"teacher {n} (Mochi schedule)": euler_denoise(
+                    adapter, teacher, noise, mochi_sigmas(n), cond, guidance
                 ),
-                "teacher 8 (grid points)": euler_denoise(adapter, teacher, noise, grid8, cond, guidance),
-                "student 8": euler_denoise(adapter, student, noise, grid8, cond),
+                f"teacher {n} (grid points)": euler_denoise(adapter, teacher, noise, grid8, cond, guidance),
+                f"student {n}": euler_denoise(adapter, student, noise, grid8, cond),
             }
             for name, latents in runs.items():
                 errors[name].append(relative_l2(latents, ref))
@@ -197,7 +210,7 @@ def main() -> None:
             adapter, teacher, noise, mochi_sigmas(64), cond, guidance
         ),
         "teacher 64, no guidance": lambda: euler_denoise(adapter, teacher, noise, mochi_sigmas(64), cond),
-        "student 8": lambda: euler_denoise(adapter, student, noise, grid8, cond),
+        f"student {n}": lambda: euler_denoise(adapter, student, noise, grid8, cond),
     }
     times: dict[str, list[float]] = {name: [] for name in timed}
     for _ in range(args.repeats):
@@ -209,19 +222,20 @@ def main() -> None:
     print(
         f"\n# distill_quality, {datetime.date.today()}, {platform.node()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
     )
-    print(f"teacher {args.teacher_steps} steps, student {args.distill_steps} steps (EMA), w = {args.distill_cfg}, "
-          f"grid {' '.join(grid_args(args))}, 8 grid sigmas {[round(x, 3) for x in grid8.tolist()]}, "
+    print(f"teacher {args.teacher_steps} steps, {args.method} student {args.distill_steps} steps (EMA), "
+          f"w = {args.distill_cfg}, grid {' '.join(grid_args(args)) if args.method == 'pcm' else args.dmd_noise_levels}, "
+          f"{n} sampling sigmas {[round(x, 3) for x in grid8.tolist()]}, "
           f"{len(prompts)} held-out prompts x {args.noises} noises, latents {list(shape)}")  # fmt: skip
     mean = {name: statistics.mean(v) for name, v in errors.items()}
     for name, value in mean.items():
         print(f"E_{name}: {value:.4f}")
-    best_teacher = min(mean["teacher 8 (Mochi schedule)"], mean["teacher 8 (grid points)"])
-    print(f"E_student(8) / best E_teacher(8) = {mean['student 8'] / best_teacher:.3f} (goal <= 0.5)")
+    best_teacher = min(mean[f"teacher {n} (Mochi schedule)"], mean[f"teacher {n} (grid points)"])
+    print(f"E_student({n}) / best E_teacher({n}) = {mean[f'student {n}'] / best_teacher:.3f} (goal <= 0.5)")
     median = {name: statistics.median(v) for name, v in times.items()}
     for name, value in median.items():
         print(f"sampling time {name}: {value * 1000:.1f} ms")
     for name in ("teacher 64, guidance", "teacher 64, no guidance"):
-        print(f"speed-up of student 8 over {name}: {median[name] / median['student 8']:.2f}x (goal >= 7)")
+        print(f"speed-up of student {n} over {name}: {median[name] / median[f'student {n}']:.2f}x")
 
 
 if __name__ == "__main__":

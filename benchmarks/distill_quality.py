@@ -16,7 +16,9 @@
    reference = teacher, 64 Euler steps on Mochi's schedule (``linear_quadratic_schedule(64, 0.025)``,
    as MochiPipeline) with guidance 1 + w; E_teacher(n) = relative L2 of the teacher with n steps
    (on Mochi's n-step schedule, and on the student's n levels) against it; E_student(n) = the
-   same for the student's n steps without guidance (n = 8 for PCM). Timing: the denoising loop of 64 teacher
+   same for the student's n steps without guidance (n = 8 for PCM). Collapse signs, on the same latents:
+   diversity = mean |a - b| between a prompt's samples for different noises, motion = mean |frame t+1 -
+   frame t| (latent frames), each beside the 64-step teacher's. Timing: the denoising loop of 64 teacher
    steps with and without guidance against 8 student steps, interleaved ``--repeats`` times.
 
 Goals (issue 5): E_student(8) <= E_teacher(8) / 2 and 8-step sampling >= 7x faster than 64-step.
@@ -125,6 +127,19 @@ def relative_l2(a: torch.Tensor, ref: torch.Tensor) -> float:
     return float((a - ref).flatten(1).norm(dim=1).div(ref.flatten(1).norm(dim=1)).mean())
 
 
+def diversity(per_prompt: list[list[torch.Tensor]]) -> float:
+    """Mean |a - b| over every pair of a prompt's samples (different noises), averaged over prompts."""
+    pairs = [
+        (a - b).abs().mean() for group in per_prompt for i, a in enumerate(group) for b in group[i + 1 :]
+    ]
+    return float(torch.stack(pairs).mean()) if pairs else float("nan")
+
+
+def motion(per_prompt: list[list[torch.Tensor]]) -> float:
+    """Mean |frame t+1 - frame t| of the latents [1, C, T, H, W], over every sample."""
+    return float(torch.stack([x.diff(dim=2).abs().mean() for group in per_prompt for x in group]).mean())
+
+
 def mochi_sigmas(steps: int) -> torch.Tensor:
     return torch.tensor([*linear_quadratic_schedule(steps, 0.025), 0.0])
 
@@ -181,6 +196,7 @@ def main() -> None:
         f"teacher {n} (grid points)": [],
         f"student {n}": [],
     }
+    samples: dict[str, list[list[torch.Tensor]]] = {"teacher 64": [], **{name: [] for name in errors}}
     for i, prompt in enumerate(prompts):
         cond = {
             "prompt_embeds": prompt["prompt_embeds"][None],
@@ -196,6 +212,10 @@ def main() -> None:
                 f"teacher {n} (grid points)": euler_denoise(adapter, teacher, noise, grid8, cond, guidance),
                 f"student {n}": euler_denoise(adapter, student, noise, grid8, cond),
             }
+            for name, latents in {"teacher 64": ref, **runs}.items():
+                if k == 0:
+                    samples[name].append([])
+                samples[name][-1].append(latents)
             for name, latents in runs.items():
                 errors[name].append(relative_l2(latents, ref))
         print(f"  prompt {i + 1}/{len(prompts)}: {prompt['caption']}")
@@ -231,6 +251,11 @@ def main() -> None:
         print(f"E_{name}: {value:.4f}")
     best_teacher = min(mean[f"teacher {n} (Mochi schedule)"], mean[f"teacher {n} (grid points)"])
     print(f"E_student({n}) / best E_teacher({n}) = {mean[f'student {n}'] / best_teacher:.3f} (goal <= 0.5)")
+    signs = {name: (diversity(per_prompt), motion(per_prompt)) for name, per_prompt in samples.items()}
+    div64, mot64 = signs["teacher 64"]
+    for name, (div, mot) in signs.items():
+        print(f"{name}: diversity {div:.4f} ({div / div64:.2f}x the 64-step teacher's), "
+              f"motion {mot:.4f} ({mot / mot64:.2f}x)")  # fmt: skip
     median = {name: statistics.median(v) for name, v in times.items()}
     for name, value in median.items():
         print(f"sampling time {name}: {value * 1000:.1f} ms")

@@ -58,6 +58,7 @@ class DistillConfig(TrainConfig):
     RESUME_MAY_CHANGE: ClassVar[frozenset[str]] = TrainConfig.RESUME_MAY_CHANGE | {
         "validation_step_counts",
         "validation_guidance_scales",
+        "collapse_reference_steps",
     }
     # Fine-tuning flags the distiller has no use for: refused rather than silently ignored.
     REFUSED_FLAGS: ClassVar[dict[str, str]] = {
@@ -105,6 +106,9 @@ class DistillConfig(TrainConfig):
     dmd_max_noise: float = 0.98
     """dmd2: the highest such noise level."""
     validation_guidance_scales: str = "1.0"
+    collapse_reference_steps: int = 32
+    """The collapse guard's reference (--collapse_fraction): the teacher sampled with this many Euler steps on
+    the family's schedule, at guidance 1 + --distill_cfg."""
 
     def __post_init__(self):
         super().__post_init__()

@@ -75,6 +75,14 @@ class Distiller(Trainer):
         finally:
             self.model.enable_adapters()
 
+    @contextlib.contextmanager
+    def collapse_reference(self):
+        """The collapse guard's reference: the teacher, ``--collapse_reference_steps`` Euler steps on the family's
+        schedule, guided as it is distilled (1 + ``--distill_cfg``)."""
+        with self.teacher_model() as teacher:
+            sigmas = self.adapter.default_sigmas(self.cfg.collapse_reference_steps)
+            yield teacher, sigmas, 1.0 + self.cfg.distill_cfg
+
     def target_model(self):
         if self.ema is not None:
             return self.ema.swapped_into(self.model)

@@ -33,7 +33,8 @@ class TrainConfig:
     RESUME_MAY_CHANGE: ClassVar[frozenset[str]] = frozenset({
         "output_dir", "resume_from_checkpoint", "max_train_steps", "checkpointing_steps",
         "checkpoints_total_limit", "validation_steps", "validation_sampling_steps", "validation_guidance_scale",
-        "report_to", "sp_size", "dp_replicate", "dp_shard", "train_batch_size", "gradient_accumulation_steps",
+        "validation_seeds", "collapse_fraction", "report_to", "sp_size", "dp_replicate", "dp_shard",
+        "train_batch_size", "gradient_accumulation_steps",
         "activation_checkpointing", "ac_budget_gb", "compile", "cpu_offload", "attention_backend",
     })  # fmt: skip
     REFUSED_FLAGS: ClassVar[dict[str, str]] = {}
@@ -126,6 +127,13 @@ class TrainConfig:
     """Sample the validation prompts every this many steps (0: never)."""
     validation_sampling_steps: int = 8
     validation_guidance_scale: float = 1.0
+    validation_seeds: int = 1
+    """Seeds per validation prompt; with 2 or more, validation logs each prompt's diversity across them (and
+    always its motion) in metrics.jsonl and validation/step-N/measures.json."""
+    collapse_fraction: float = 0.0
+    """Collapse guard: stop (naming why) when a validation pass's mean diversity across seeds or motion falls
+    below this fraction of the reference's, measured before the first step (the teacher when distilling, the
+    model as loaded when fine-tuning). 0: off; needs --validation_steps and --validation_seeds >= 2."""
     report_to: str = "none"
     """none or wandb (offline when WANDB_API_KEY is unset)."""
     attention_backend: str = "auto"
@@ -140,6 +148,7 @@ class TrainConfig:
             "gradient_accumulation_steps",
             "sp_size",
             "dp_replicate",
+            "validation_seeds",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -148,6 +157,13 @@ class TrainConfig:
             raise ValueError("--learning_rate must be > 0")
         if not 0.0 <= self.cfg < 1.0:
             raise ValueError("--cfg is a probability in [0, 1)")
+        if not 0.0 <= self.collapse_fraction < 1.0:
+            raise ValueError("--collapse_fraction is a fraction of the reference's measures, in [0, 1)")
+        if self.collapse_fraction and (not self.validation_steps or self.validation_seeds < 2):
+            raise ValueError(
+                "--collapse_fraction watches validation: it needs --validation_steps N and --validation_seeds 2 "
+                "or more (diversity is measured across a prompt's seeds)"
+            )
         if self.lora_comfyui and not (self.use_lora and self.model_type in COMFYUI_FAMILIES):
             raise ValueError(
                 f"--lora_comfyui writes a LoRA export under ComfyUI's names: it needs --use_lora and a family "

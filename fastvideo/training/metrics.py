@@ -119,6 +119,20 @@ class MetricsLogger:
         if self.wandb_run is not None:
             self.wandb_run.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=step)
 
+    def log_measures(self, step: int, passes: dict[str, dict]) -> None:
+        """Report validation's collapse measures (``collapse.measure``) per pass: printed, and to wandb; each
+        pass's folder holds them per prompt in measures.json."""
+        if not self.enabled or not passes:
+            return
+        for name, measures in passes.items():
+            print(
+                f"validation at step {step}, {name}: diversity across seeds {measures['diversity']:.4g}, "
+                f"motion {measures['motion']:.4g}"
+            )
+        if self.wandb_run is not None:
+            values = {f"{name}/{k}": passes[name][k] for name in passes for k in ("diversity", "motion")}
+            self.wandb_run.log({k: v for k, v in values.items() if math.isfinite(v)}, step=step)
+
     def log_videos(self, step: int, folder: str | Path) -> None:
         """Report the validation videos of ``step`` (all ranks have written theirs by now)."""
         if not self.enabled:

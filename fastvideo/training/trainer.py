@@ -53,6 +53,7 @@ from fastvideo.parallel.dims import ParallelDims
 from fastvideo.parallel.parallelize import compile_blocks, parallelize
 from fastvideo.parallel.process_group import DistInfo, single_process_group
 from fastvideo.training.checkpoint import CheckpointManager, rng_state, set_rng_state
+from fastvideo.training.collapse import CollapseGuard
 from fastvideo.training.config import TrainConfig
 from fastvideo.training.ema import EMA
 from fastvideo.training.export import (
@@ -189,6 +190,11 @@ class Trainer:
         )
         if resumed:
             self.logger.truncate_after(self.step)
+        self.guard = None
+        if cfg.collapse_fraction:
+            self.guard = CollapseGuard(cfg.collapse_fraction, Path(cfg.output_dir) / "validation")
+            if self.guard.reference is None:
+                self.measure_reference()
         if self.dist.is_main:
             atomic_write_json(vars(cfg), Path(cfg.output_dir) / "train_config.json")
 
@@ -515,13 +521,44 @@ class Trainer:
     # --- validation, checkpoints, export ----------------------------------------------------------
     def validate(self) -> None:
         root = Path(self.cfg.output_dir) / "validation" / f"step-{self.step:08d}"
+        passes = {}
         with self.ema.swapped_into(self.model) if self.ema is not None else contextlib.nullcontext():
             self.model.eval()
             for out, sigmas, guidance in self.validation_settings(root):
                 with self.autocast():  # as in training: bf16 weights on one process need it
-                    run_validation(self, out, sigmas=sigmas, guidance=guidance)
+                    measures = run_validation(self, out, sigmas=sigmas, guidance=guidance)
                 self.logger.log_videos(self.step, out)
+                if measures is not None:
+                    passes[out.relative_to(root).as_posix() if out != root else "validation"] = measures
             self.model.train()
+        self.logger.log_measures(self.step, passes)
+        if self.guard is not None and passes:
+            reason = self.guard.check(self.step, passes, self.dist.is_main)
+            if reason:
+                raise TrainingError(reason)
+
+    def measure_reference(self) -> None:
+        """The collapse guard's reference (``collapse_reference``), measured once before the first step."""
+        root = Path(self.cfg.output_dir) / "validation" / "reference"
+        with self.collapse_reference() as (model, sigmas, guidance), self.autocast():
+            model.eval()
+            measures = run_validation(self, root, sigmas=sigmas, guidance=guidance, model=model, write=False)
+        if measures is None:
+            raise TrainingError(
+                f"--collapse_fraction needs validation prompts; {self.dataset.root} has none (preprocess with "
+                "--validation_prompt_txt)"
+            )
+        self.guard.set_reference(measures, self.dist.is_main)
+        if self.dist.is_main:
+            print(
+                f"collapse guard: reference diversity {measures['diversity']:.4g}, motion {measures['motion']:.4g}"
+            )
+
+    @contextlib.contextmanager
+    def collapse_reference(self):
+        """(model, sigmas, guidance) the collapse guard's reference samples with: fine-tuning's is the model as
+        loaded, sampled as validation samples (the config's steps on the family's schedule and guidance)."""
+        yield self.sampling_model(), None, None
 
     def sampling_model(self) -> torch.nn.Module:
         """What validation samples with: the trained DiT, and under ``--expert`` the folder's other expert

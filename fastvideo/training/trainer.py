@@ -543,6 +543,7 @@ class Trainer:
         with self.collapse_reference() as (model, sigmas, guidance), self.autocast():
             model.eval()
             measures = run_validation(self, root, sigmas=sigmas, guidance=guidance, model=model, write=False)
+        self.model.train()  # the reference may have been the trained model itself (fine-tuning, LoRA's base)
         if measures is None:
             raise TrainingError(
                 f"--collapse_fraction needs validation prompts; {self.dataset.root} has none (preprocess with "

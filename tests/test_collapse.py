@@ -7,10 +7,10 @@ import shutil
 
 import pytest
 import torch
+from runs import TRAIN, run
 
 from fastvideo.dataset.layout import INDEX_FILE
 from fastvideo.training.collapse import CollapseGuard, diversity, measure, motion
-from tests import runs
 
 
 def test_measures_see_sameness_and_stillness():
@@ -24,15 +24,16 @@ def test_measures_see_sameness_and_stillness():
 
 
 def test_guard_names_what_fell_and_remembers_across_a_restart(tmp_path):
-    guard = CollapseGuard(0.5, tmp_path)
+    guard = CollapseGuard(0.5, tmp_path, resumed=False)
     guard.set_reference({"diversity": 1.0, "motion": 2.0}, is_main=True)
     assert guard.check(10, {"steps-4": {"diversity": 0.6, "motion": 1.5}}, is_main=True) is None
     reason = guard.check(20, {"steps-4": {"diversity": 0.3, "motion": 1.5}}, is_main=True)
     assert reason.startswith("collapse at step 20: steps-4: diversity 0.3 is 0.30x")
-    assert "motion" not in reason.split(".")[0] and "the last step that passed was 10" in reason
-    again = CollapseGuard(0.5, tmp_path)  # a resumed run reads the reference and the last good step back
+    assert "motion" not in reason.split(". Stopped")[0] and "the last step that passed was 10" in reason
+    again = CollapseGuard(0.5, tmp_path, resumed=True)  # a resumed run reads the reference and last good step
     assert again.reference == {"diversity": 1.0, "motion": 2.0} and again.last_good_step == 10
-    assert "nan" in CollapseGuard(0.5, tmp_path).check(
+    assert CollapseGuard(0.5, tmp_path, resumed=False).reference is None  # a fresh run measures its own
+    assert "nan" in CollapseGuard(0.5, tmp_path, resumed=True).check(
         30, {"p": {"diversity": float("nan"), "motion": 2}}, True
     )
 
@@ -54,8 +55,8 @@ def test_a_run_fitted_to_one_still_clip_collapses_and_stops(tiny_mochi, processe
     stops the run at the first validation below half the loaded model's diversity, names it, and exports
     nothing."""
     data, out = still_clip_data(processed, tmp_path), tmp_path / "run"
-    proc = runs.run(
-        runs.TRAIN, out, tiny_mochi, data, "--max_train_steps", 150, "--learning_rate", "1e-2", "--cfg", 0,
+    proc = run(
+        TRAIN, out, tiny_mochi, data, "--max_train_steps", 150, "--learning_rate", "1e-2", "--cfg", 0,
         "--train_batch_size", 2, "--validation_steps", 25, "--validation_seeds", 2, "--validation_sampling_steps", 4,
         "--collapse_fraction", 0.5, check=False,
     )  # fmt: skip
@@ -82,7 +83,7 @@ def test_distillation_guard_holds_the_student_against_the_guided_teacher(tiny_mo
     from fastvideo.training.validation import validation_prompts
 
     out = tmp_path / "dmd"
-    runs.run("fastvideo.distill", out, tiny_mochi, processed, "--method", "dmd2", "--distill_cfg", 2.0,
+    run("fastvideo.distill", out, tiny_mochi, processed, "--method", "dmd2", "--distill_cfg", 2.0,
              "--max_train_steps", 2, "--train_batch_size", 2, "--validation_steps", 2, "--validation_seeds", 2,
              "--collapse_fraction", 0.05, "--collapse_reference_steps", 6)  # fmt: skip
     guard = json.loads((out / "validation" / "guard.json").read_text())

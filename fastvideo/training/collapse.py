@@ -54,10 +54,11 @@ def measure(captions: list[str], per_prompt: list[list[torch.Tensor]]) -> dict:
 class CollapseGuard:
     """Holds validation's measures against ``fraction`` times the reference's; remembers the last good step."""
 
-    def __init__(self, fraction: float, folder: Path):
+    def __init__(self, fraction: float, folder: Path, resumed: bool):
         self.fraction = fraction
         self.path = folder / GUARD_FILE
-        saved = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        # A fresh run in a used OUTPUT_DIR measures its own reference; a resumed one keeps the saved one.
+        saved = json.loads(self.path.read_text()) if resumed and self.path.is_file() else {}
         self.reference: dict | None = saved.get("reference")
         self.last_good_step: int | None = saved.get("last_good_step")
 

@@ -125,10 +125,9 @@ class MetricsLogger:
         if not self.enabled or not passes:
             return
         for name, measures in passes.items():
-            print(
-                f"validation at step {step}, {name}: diversity across seeds {measures['diversity']:.4g}, "
-                f"motion {measures['motion']:.4g}"
-            )
+            diversity = measures["diversity"]  # NaN with one seed per prompt
+            across = f"diversity across seeds {diversity:.4g}, " if math.isfinite(diversity) else ""
+            print(f"validation at step {step}, {name}: {across}motion {measures['motion']:.4g}")
         if self.wandb_run is not None:
             values = {f"{name}/{k}": passes[name][k] for name in passes for k in ("diversity", "motion")}
             self.wandb_run.log({k: v for k, v in values.items() if math.isfinite(v)}, step=step)

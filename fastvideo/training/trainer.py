@@ -192,7 +192,7 @@ class Trainer:
             self.logger.truncate_after(self.step)
         self.guard = None
         if cfg.collapse_fraction:
-            self.guard = CollapseGuard(cfg.collapse_fraction, Path(cfg.output_dir) / "validation")
+            self.guard = CollapseGuard(cfg.collapse_fraction, Path(cfg.output_dir) / "validation", resumed)
             if self.guard.reference is None:
                 self.measure_reference()
         if self.dist.is_main:

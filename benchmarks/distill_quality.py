@@ -69,6 +69,7 @@ from fastvideo.models import get_adapter_class  # noqa: E402
 from fastvideo.models.tiny import build_tiny  # noqa: E402
 from fastvideo.sample.denoise import euler_denoise  # noqa: E402
 from fastvideo.schedulers import FewStepFlowScheduler, PCMFlowScheduler  # noqa: E402
+from fastvideo.training.collapse import measure  # noqa: E402
 from fastvideo.training.validation import validation_prompts  # noqa: E402
 
 FRAMES, HEIGHT, WIDTH = 25, 64, 96
@@ -199,19 +200,6 @@ def relative_l2(a: torch.Tensor, ref: torch.Tensor) -> float:
     return float((a - ref).flatten(1).norm(dim=1).div(ref.flatten(1).norm(dim=1)).mean())
 
 
-def diversity(per_prompt: list[list[torch.Tensor]]) -> float:
-    """Mean |a - b| over every pair of a prompt's samples (different noises), averaged over prompts."""
-    pairs = [
-        (a - b).abs().mean() for group in per_prompt for i, a in enumerate(group) for b in group[i + 1 :]
-    ]
-    return float(torch.stack(pairs).mean()) if pairs else float("nan")
-
-
-def motion(per_prompt: list[list[torch.Tensor]]) -> float:
-    """Mean |frame t+1 - frame t| of the latents [1, C, T, H, W], over every sample."""
-    return float(torch.stack([x.diff(dim=2).abs().mean() for group in per_prompt for x in group]).mean())
-
-
 def picture(videos: dict[str, torch.Tensor], path: Path) -> None:
     """First, middle and last frame of each row's video ([3, F, H, W] in [-1, 1]), one labelled line per row."""
     from PIL import Image, ImageDraw
@@ -289,7 +277,9 @@ def evaluate(args, family: str, work: Path, teacher_dir: Path, pcm_dir: Path, dm
             times[row.name].append(time.perf_counter() - start)
 
     reference = latents["teacher 64"]
-    div64, mot64 = diversity(reference), motion(reference)
+    # The collapse guards' measures: per prompt, then averaged (every prompt has --noises samples).
+    signs = {name: measure([p["caption"] for p in prompts], samples) for name, samples in latents.items()}
+    div64, mot64 = signs["teacher 64"]["diversity"], signs["teacher 64"]["motion"]
     print(
         f"\n## {family}: {datetime.date.today()}, {platform.node()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
     )
@@ -307,7 +297,7 @@ def evaluate(args, family: str, work: Path, teacher_dir: Path, pcm_dir: Path, dm
             for group, ref_group in zip(latents[row.name], reference, strict=True)
             for x, ref in zip(group, ref_group, strict=True)
         )
-        div, mot = diversity(latents[row.name]), motion(latents[row.name])
+        div, mot = signs[row.name]["diversity"], signs[row.name]["motion"]
         sigmas = " ".join(f"{s:.3g}" for s in row.sigmas.tolist()) if len(row.sigmas) <= 9 else "the family's"
         print(f"| {row.name} | {sigmas} | {errors[row.name]:.4f} | {shown[row.name]} of {asked} | "
               f"{div:.4f} ({div / div64:.2f}) | {mot:.4f} ({mot / mot64:.2f}) | "
@@ -318,7 +308,7 @@ def evaluate(args, family: str, work: Path, teacher_dir: Path, pcm_dir: Path, dm
           f"{max(v for name, v in shown.items() if name.startswith('teacher 8'))}")  # fmt: skip
     print(
         f"DMD2 4: properties {shown['DMD2 4']} vs teacher 64 {shown['teacher 64']} (goal >= "
-        f"{shown['teacher 64'] - 1}), diversity {diversity(latents['DMD2 4']) / div64:.2f}x (goal >= 0.8)"
+        f"{shown['teacher 64'] - 1}), diversity {signs['DMD2 4']['diversity'] / div64:.2f}x (goal >= 0.8)"
     )
 
 

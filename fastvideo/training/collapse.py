@@ -9,8 +9,8 @@ still (users of DMD tools report static and solid-colour video). Validation samp
 
 With ``--collapse_fraction`` f > 0 the run measures a reference once, before its first step (the
 frozen teacher when distilling, the model as loaded when fine-tuning; ``Trainer.collapse_reference``)
-and stops with a ``TrainingError`` that names the measure, the pass and the last checkpoint validated
-before it, as soon as a validation pass's mean diversity or motion falls below f times the reference's.
+and stops with a ``TrainingError`` that names the measure, the pass and the last validated step that
+passed, as soon as a validation pass's mean diversity or motion falls below f times the reference's.
 The reference and the last step that passed are kept in ``validation/guard.json``, so a resumed run
 holds the same line.
 """

@@ -129,7 +129,7 @@ class TrainConfig:
     validation_guidance_scale: float = 1.0
     validation_seeds: int = 1
     """Seeds per validation prompt; with 2 or more, validation logs each prompt's diversity across them (and
-    always its motion) in metrics.jsonl and validation/step-N/measures.json."""
+    always its motion) in validation/step-N/measures.json, printed and sent to wandb as means."""
     collapse_fraction: float = 0.0
     """Collapse guard: stop (naming why) when a validation pass's mean diversity across seeds or motion falls
     below this fraction of the reference's, measured before the first step (the teacher when distilling, the
